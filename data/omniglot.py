@@ -1,0 +1,168 @@
+"""Omniglot (Lake et al. 2015) from the official release layout.
+
+Reads `images_background.zip` and `images_evaluation.zip` (or the folders they
+extract to) from `root`: `<zip stem>/<Alphabet>/characterNN/NNNN_DD.png`,
+105x105 1-bit images with white background.  The default root is the copy
+embedded in this repository (`data/omniglot`, MIT licence beside it); point
+`--data-dir` at the official downloads to use those.
+
+Images are resized to `size` x `size` (PIL Lanczos) and inverted so ink = 255.
+The decoded array is cached next to the user's cache directory, keyed by the
+source files' sizes and modification times, so later runs decode nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from maml_jax.episodes import ClassImages
+
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "omniglot")
+PARTS = ("images_background", "images_evaluation")
+_PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
+
+
+def cache_dir() -> str:
+  return os.environ.get("MAML_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "maml_jax"))
+
+
+def _sources(root: str) -> list[str]:
+  found = []
+  for part in PARTS:
+    z, d = os.path.join(root, part + ".zip"), os.path.join(root, part)
+    if os.path.isfile(z):
+      found.append(z)
+    elif os.path.isdir(d):
+      found.append(d)
+    else:
+      raise FileNotFoundError(f"Omniglot: neither {z} nor the folder {d} exists; "
+                              f"point --data-dir at a folder holding {PARTS[0]}.zip and {PARTS[1]}.zip")
+  return found
+
+
+def _list(source: str) -> list[tuple[str, str]]:
+  """(character key 'Alphabet/characterNN', member path) for every PNG."""
+  if os.path.isdir(source):
+    base = os.path.dirname(source)
+    names = [os.path.relpath(os.path.join(dp, f), base).replace(os.sep, "/")
+             for dp, _, fs in os.walk(source) for f in fs]
+  else:
+    try:
+      with zipfile.ZipFile(source) as z:
+        names = z.namelist()
+    except zipfile.BadZipFile as e:
+      raise ValueError(f"Omniglot: {source} is not a readable zip archive ({e})") from None
+  out = []
+  for n in sorted(names):
+    m = _PNG.search(n)
+    if m:
+      out.append((f"{m.group(1)}/{m.group(2)}/{m.group(3)}", n))
+  if not out:
+    raise ValueError(f"Omniglot: no '<part>/<Alphabet>/<character>/<image>.png' entries in {source}")
+  return out
+
+
+def _decode(args) -> np.ndarray:
+  source, members, size = args
+  from PIL import Image
+  out = np.empty((len(members), size, size), np.uint8)
+  z = zipfile.ZipFile(source) if os.path.isfile(source) else None
+  try:
+    for i, m in enumerate(members):
+      try:
+        raw = z.read(m) if z else open(os.path.join(os.path.dirname(source), m), "rb").read()
+        img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+      except Exception as e:  # PIL raises several types for damaged files
+        raise ValueError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
+      out[i] = 255 - np.asarray(img, np.uint8)
+  finally:
+    if z:
+      z.close()
+  return out
+
+
+def _fingerprint(sources, size) -> str:
+  h = hashlib.sha256(f"v1 size={size}".encode())
+  for s in sources:
+    st = os.stat(s)
+    h.update(f"{os.path.abspath(s)} {st.st_size} {st.st_mtime_ns}".encode())
+  return h.hexdigest()[:16]
+
+
+def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True) -> ClassImages:
+  """All 1623 characters as a ClassImages of uint8 [32460, size, size, 1].
+
+  Classes are ordered by 'Alphabet/characterNN' (sorted), named
+  '<part>/<Alphabet>/<characterNN>'; each has its 20 drawings.
+  """
+  root = root or DEFAULT_ROOT
+  sources = _sources(root)
+  key = _fingerprint(sources, size)
+  path = os.path.join(cache_dir(), f"omniglot-{size}-{key}.npz")
+  if os.path.exists(path):
+    with np.load(path) as z:
+      return ClassImages.from_per_class(list(_split_rows(z["images"], z["counts"])),
+                                        [str(n) for n in z["names"]])
+  entries = [(src, k, m) for src in sources for k, m in _list(src)]
+  entries.sort(key=lambda e: (e[1].split("/", 1)[1], e[2]))
+  names = sorted({k for _, k, _ in entries}, key=lambda k: k.split("/", 1)[1])
+  jobs = [(src, [m for s, _, m in entries if s == src][i:i + 2000], size)
+          for src in sources for i in range(0, sum(1 for e in entries if e[0] == src), 2000)]
+  from tqdm import tqdm
+  decoded = {}
+  with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+    bar = tqdm(total=len(entries), desc="decoding Omniglot", unit="img", disable=not progress)
+    for job, arr in zip(jobs, pool.map(_decode, jobs)):
+      for m, a in zip(job[1], arr):
+        decoded[(job[0], m)] = a
+      bar.update(len(arr))
+    bar.close()
+  by_class: dict[str, list[np.ndarray]] = {n: [] for n in names}
+  for src, k, m in entries:
+    by_class[k].append(decoded[(src, m)])
+  counts = np.array([len(by_class[n]) for n in names], np.int32)
+  images = np.stack([a for n in names for a in by_class[n]])[..., None]
+  os.makedirs(cache_dir(), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, images=images, counts=counts, names=np.array(names))
+  os.replace(tmp, path)
+  return ClassImages.from_per_class(list(_split_rows(images, counts)), names)
+
+
+def _split_rows(images, counts):
+  start = 0
+  for c in counts:
+    yield images[start:start + c]
+    start += c
+
+
+def rotations(data: ClassImages) -> ClassImages:
+  """Each class's 90, 180 and 270-degree rotations as three new classes."""
+  per, names = [], []
+  for k in range(4):
+    for c in range(data.num_classes):
+      s, n = data.class_start[c], data.class_count[c]
+      per.append(np.rot90(data.images[s:s + n], k, axes=(1, 2)))
+      names.append(f"{data.class_names[c]}@rot{90 * k}" if data.class_names else str(c))
+  return ClassImages.from_per_class(per, names, data.synthetic)
+
+
+def standard_split(data: ClassImages, seed: int = 1, train: int = 1200, val: int = 100):
+  """The standard protocol (Vinyals et al., Finn et al.): `train` characters
+  (a seeded permutation over both zips) for meta-training, the rest for
+  meta-test; the last `val` of the training characters are held out for
+  validation.  Meta-training characters get their rotations as extra classes.
+
+  Returns: {"train", "val", "test"}: ClassImages.
+  """
+  perm = np.random.default_rng(seed).permutation(data.num_classes)
+  return {"train": rotations(data.subset(perm[:train - val])),
+          "val": data.subset(perm[train - val:train]),
+          "test": data.subset(perm[train:])}

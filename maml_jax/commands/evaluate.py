@@ -1,0 +1,22 @@
+"""`run.py evaluate`: evaluate a saved run again on its meta-test classes."""
+
+HELP = "evaluate a meta-trained workdir on its meta-test classes"
+
+
+def add_parser(sub):
+  p = sub.add_parser("evaluate", help=HELP, description=HELP)
+  p.add_argument("--workdir", required=True, help="a meta-train workdir")
+  p.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's test_episodes)")
+  p.add_argument("--inner-steps", type=int, default=None, help="inner steps (default: the run's eval_inner_steps)")
+  p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  p.add_argument("--no-progress", action="store_true")
+  p.set_defaults(func=main)
+
+
+def main(args) -> int:
+  from maml_jax.train import evaluate_workdir
+  r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress)
+  tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
+  print(f"meta-test accuracy{tag}: {100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
+        f"(95% CI, {r['test_episodes']} episodes, {r['eval_inner_steps']} inner steps, step {r['checkpoint_step']})")
+  return 0

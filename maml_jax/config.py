@@ -1,0 +1,168 @@
+"""Run configuration: one frozen dataclass, named presets, command-line overrides.
+
+Every field can be set from the command line (`--inner-lr 0.1`); `--help`
+prints each field's help text.  Presets hold published or measured settings;
+`tiny` is for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import field
+from typing import Any
+
+
+def _f(default, help: str, **kw):
+  return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # data
+  dataset: str = _f("omniglot", "meta-training data: omniglot, synthetic, or a '+'-joined subset of "
+                    "cifar100, tinyimagenet, omniglot, folder (the paper's meta-dataset)")
+  data_dir: str = _f("", "where the source data lies (default: the embedded Omniglot zips / TFDS's default)")
+  image_size: int = _f(28, "images are brought to image_size x image_size")
+  channels: int = _f(1, "1 (grayscale) or 3 (RGB)")
+  split_seed: int = _f(1, "seed of the class-level meta-train/val/test split")
+  on_device_data: bool = _f(True, "keep the meta-training images on the accelerator and draw episodes there")
+  # episodes
+  ways: int = _f(5, "classes per task (N-way)")
+  shots: int = _f(1, "support images per class (K-shot)")
+  queries: int = _f(15, "query images per class during meta-training")
+  eval_queries: int = _f(15, "query images per class during validation and test")
+  tasks: int = _f(32, "tasks per meta-batch")
+  # model
+  model: str = _f("conv4", "network: conv4, conv4-pool, scratch7, vgg16, tiny")
+  width: float = _f(1.0, "multiplies the filter counts")
+  conv_impl: str = _f("auto", "convolution formulation: gemm, xla, or auto (fastest on this backend)")
+  # inner loop
+  inner_steps: int = _f(1, "inner SGD steps during meta-training")
+  eval_inner_steps: int = _f(3, "inner SGD steps during validation, test and adaptation")
+  inner_lr: float = _f(0.4, "inner learning rate (initial value when learned)")
+  learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and step (Meta-SGD/MAML++)")
+  first_order: bool = _f(False, "first-order MAML: no gradient through the inner gradients")
+  remat: bool = _f(False, "recompute each inner step in the backward pass (less memory, more compute)")
+  task_map: str = _f("auto", "how tasks are batched: vmap, map (lax.map), or auto (fastest on this backend)")
+  query_bn: str = _f("batch", "batch-norm statistics for queries: batch (MAML's convention: the query batch) "
+                     "or support (the support set's, so each query is classified on its own)")
+  adapt_bn: bool = _f(True, "whether batch-norm scale and shift adapt in the inner loop")
+  inner_mask: str = _f("", "regex over parameter paths (e.g. 'head') that the inner loop adapts; empty = all")
+  outer_mask: str = _f("", "regex over parameter paths that the meta-optimizer updates; empty = all")
+  # outer loop
+  meta_lr: float = _f(1e-3, "Adam learning rate of the meta-update")
+  lr_schedule: str = _f("constant", "meta learning-rate schedule: constant or cosine")
+  clip_norm: float = _f(10.0, "global-norm clipping of the meta-gradient (0 = off)")
+  steps: int = _f(60000, "meta-batches to train on")
+  seed: int = _f(0, "seed of initialisation and episode sampling")
+  # bookkeeping
+  log_every: int = _f(50, "steps between metric logs (the only host syncs)")
+  val_every: int = _f(1000, "steps between validations (0 = never)")
+  monitor_test: bool = _f(False, "also evaluate the meta-test episodes at each validation, for time-to-accuracy "
+                          "curves (logged only; model selection uses validation alone)")
+  val_episodes: int = _f(300, "episodes per validation")
+  test_episodes: int = _f(600, "meta-test episodes of the final evaluation")
+  checkpoint_every: int = _f(1000, "steps between checkpoints")
+  keep_checkpoints: int = _f(3, "latest checkpoints kept (the best is kept too)")
+
+  def replace(self, **kw) -> "Config":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Config":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown config fields: {sorted(unknown)}")
+    return cls(**d)
+
+  def validate(self) -> "Config":
+    problems = []
+    if self.ways < 2: problems.append(f"ways={self.ways} must be >= 2")
+    if self.shots < 1: problems.append(f"shots={self.shots} must be >= 1")
+    if self.queries < 1 or self.eval_queries < 1: problems.append("queries and eval_queries must be >= 1")
+    if self.tasks < 1: problems.append(f"tasks={self.tasks} must be >= 1")
+    if self.inner_steps < 0 or self.eval_inner_steps < 0: problems.append("inner step counts must be >= 0")
+    if self.channels not in (1, 3): problems.append(f"channels={self.channels} must be 1 or 3")
+    if self.task_map not in ("auto", "vmap", "map"): problems.append(f"task_map={self.task_map!r}")
+    if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")
+    if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
+    if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
+    if problems:
+      raise ValueError("invalid configuration: " + "; ".join(problems))
+    return self
+
+
+# MAML's published Omniglot settings (Finn et al. 2017): meta-batch 32 (16 for
+# 20-way), inner lr 0.4 with 1 step (0.1 with 5 steps for 20-way), Adam 1e-3,
+# 60,000 meta-batches, 3 inner steps at test time (5 for 20-way).
+_OMNIGLOT = Config()
+PRESETS: dict[str, Config] = {
+    # The default: Omniglot 5-way 1-shot sized for about 10 minutes on a 2-core
+    # CPU.  More queries per class than MAML's one give each meta-batch a less
+    # noisy gradient, which matters more than the step count on a short budget.
+    "default": _OMNIGLOT.replace(steps=1500, queries=5, meta_lr=3e-3, lr_schedule="cosine",
+                                 val_every=250, val_episodes=200, checkpoint_every=250, log_every=25),
+    "omniglot-5w1s": _OMNIGLOT.replace(queries=1),
+    "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),
+    "omniglot-20w1s": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
+                                        eval_inner_steps=5),
+    "omniglot-20w5s": _OMNIGLOT.replace(ways=20, shots=5, queries=5, tasks=16, inner_steps=5,
+                                        inner_lr=0.1, eval_inner_steps=5),
+    # The paper's settings (Min & Kang 2018) on CIFAR-100 + Tiny ImageNet at the
+    # SMI target's 64x64 grayscale.  See the README for the choice of the open
+    # hyper-parameters.
+    "paper-scratch": Config(dataset="cifar100+tinyimagenet", image_size=64, channels=1, split_seed=0,
+                            ways=5, shots=20, queries=15, eval_queries=15, tasks=2, model="scratch7",
+                            inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3,
+                            steps=10000, val_every=500, val_episodes=100, test_episodes=600,
+                            checkpoint_every=250, log_every=10),
+    "paper-pretrained": Config(dataset="cifar100+tinyimagenet", image_size=64, channels=1, split_seed=0,
+                               ways=5, shots=20, queries=15, eval_queries=15, tasks=2, model="vgg16",
+                               inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3,
+                               inner_mask="head", outer_mask="head",
+                               steps=10000, val_every=500, val_episodes=100, test_episodes=600,
+                               checkpoint_every=250, log_every=10),
+    # For tests: seconds on a CPU, synthetic data.
+    "tiny": Config(dataset="synthetic", image_size=12, model="tiny", ways=3, shots=1, queries=2,
+                   eval_queries=2, tasks=2, inner_steps=1, eval_inner_steps=2, steps=4, log_every=2,
+                   val_every=2, val_episodes=4, test_episodes=6, checkpoint_every=2, keep_checkpoints=2),
+}
+
+
+def get_preset(name: str) -> Config:
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+  return PRESETS[name]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+  """Adds `--preset` and one `--field-name` option per Config field."""
+  parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                      help="named settings to start from (default: %(default)s)")
+  g = parser.add_argument_group("settings (each overrides the preset)")
+  for f in dataclasses.fields(Config):
+    flag = "--" + f.name.replace("_", "-")
+    if f.type in ("bool", bool):
+      g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                     help=f.metadata["help"])
+    else:
+      typ = {"int": int, "float": float, "str": str}[str(f.type)]
+      g.add_argument(flag, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(),
+                     help=f.metadata["help"] + f" (default: preset's, {f.default!r} in the base)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+  """The preset with every option given on the command line applied."""
+  cfg = get_preset(args.preset)
+  over = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+          if getattr(args, f.name, None) is not None}
+  return cfg.replace(**over).validate()
+
+
+def config_to_json(cfg: Config) -> str:
+  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,167 @@
+"""Class-indexed image sets and the N-way K-shot episode sampler.
+
+An image set is stored flat, class after class, so that classes of different
+sizes (Omniglot's 20 drawings, CIFAR-100's 600 images) share one array:
+
+    images       uint8 [N, H, W, C]
+    class_start  int32 [num_classes]   first row of each class in `images`
+    class_count  int32 [num_classes]   rows of each class
+
+Episode *i* of a sampler is a pure function of (seed, i): the indices are drawn
+with `jax.random` from `fold_in(key(seed), i)`, so a resumed run, a host-side
+gather from a memory-mapped cache and an on-device gather all see the same
+episodes.  Arrays lead with the task axis: `[tasks, ways*shots, H, W, C]`,
+class-major (the first `shots` rows are class 0 of the episode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassImages:
+  """A class-indexed image set (see the module docstring for the layout)."""
+  images: np.ndarray          # uint8 [N, H, W, C]; may be a np.memmap
+  class_start: np.ndarray     # int32 [num_classes]
+  class_count: np.ndarray     # int32 [num_classes]
+  class_names: tuple[str, ...] = ()
+  synthetic: bool = False
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or self.images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
+    if len(self.class_start) != len(self.class_count):
+      raise ValueError("class_start and class_count differ in length")
+    if len(self.class_count) and int(np.max(self.class_start + self.class_count)) > len(self.images):
+      raise ValueError("a class runs past the end of `images`")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_count)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  @classmethod
+  def from_per_class(cls, per_class: Sequence[np.ndarray], names: Sequence[str] = (), synthetic=False):
+    """Builds the flat layout from a list of `uint8 [n_c, H, W, C]` arrays."""
+    counts = np.array([len(a) for a in per_class], np.int32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    return cls(np.concatenate(per_class).astype(np.uint8), starts, counts, tuple(names), synthetic)
+
+  def subset(self, classes: Sequence[int]) -> "ClassImages":
+    """The listed classes only, re-indexed 0..len(classes)-1 (copies their rows)."""
+    classes = np.asarray(classes, np.int64)
+    rows = [self.images[s:s + c] for s, c in zip(self.class_start[classes], self.class_count[classes])]
+    names = tuple(self.class_names[i] for i in classes) if self.class_names else ()
+    return ClassImages.from_per_class(rows, names, self.synthetic)
+
+
+class Episodes(NamedTuple):
+  """A meta-batch of episodes; every array leads with the task axis."""
+  support_x: jax.Array   # float32 [T, ways*shots, H, W, C] in [0, 1]
+  support_y: jax.Array   # int32 [T, ways*shots]
+  query_x: jax.Array     # float32 [T, ways*queries, H, W, C]
+  query_y: jax.Array     # int32 [T, ways*queries]
+
+
+class EpisodeIndices(NamedTuple):
+  support: jax.Array     # int32 [T, ways*shots] rows of `images`
+  query: jax.Array       # int32 [T, ways*queries]
+  classes: jax.Array     # int32 [T, ways] the classes drawn, in label order
+
+
+@functools.partial(jax.jit, static_argnames=("tasks", "ways", "shots", "queries", "max_count"))
+def episode_indices(key, class_start, class_count, *, tasks, ways, shots, queries, max_count):
+  """Draws the rows of `tasks` episodes.
+
+  Per task: `ways` distinct classes in random order (so labels are shuffled per
+  episode), then `shots + queries` distinct images of each, the first `shots`
+  for support and the rest for query (disjoint by construction).
+
+  Args:
+    key: a PRNG key; the caller derives it as `fold_in(key(seed), i)`.
+    class_start, class_count: int32 [num_classes].
+    max_count: static bound on `class_count` (the random keys are drawn at that
+      width and masked, which keeps every class size on one compiled path).
+  Returns:
+    EpisodeIndices.
+  """
+  num_classes = class_start.shape[0]
+
+  def one(k):
+    kc, ki = jax.random.split(k)
+    classes = jax.random.choice(kc, num_classes, (ways,), replace=False)
+    u = jax.random.uniform(ki, (ways, max_count))
+    u = jnp.where(jnp.arange(max_count)[None] < class_count[classes][:, None], u, 2.0)
+    pick = jnp.argsort(u, axis=1)[:, :shots + queries]            # [ways, shots+queries]
+    rows = class_start[classes][:, None] + pick
+    return rows[:, :shots].reshape(-1), rows[:, shots:].reshape(-1), classes
+
+  s, q, c = jax.vmap(one)(jax.random.split(key, tasks))
+  return EpisodeIndices(s.astype(jnp.int32), q.astype(jnp.int32), c.astype(jnp.int32))
+
+
+def episode_labels(tasks: int, ways: int, per_class: int) -> np.ndarray:
+  """int32 [tasks, ways*per_class]: 0,0,..,1,1,.. matching the class-major rows."""
+  return np.tile(np.repeat(np.arange(ways, dtype=np.int32), per_class), (tasks, 1))
+
+
+class EpisodeSampler:
+  """Draws meta-batches of episodes from a ClassImages, episode i from (seed, i).
+
+  `on_device=True` copies the images to the accelerator once and gathers there
+  (no host work per step); otherwise the rows are gathered on the host, which
+  works with memory-mapped caches larger than device memory.  Both give the same
+  episodes.
+  """
+
+  def __init__(self, data: ClassImages, *, tasks, ways, shots, queries, seed, on_device=True):
+    short = np.flatnonzero(data.class_count < shots + queries)
+    if len(short):
+      c = int(short[0])
+      name = data.class_names[c] if data.class_names else str(c)
+      raise ValueError(f"class {name!r} has {int(data.class_count[c])} images; {shots}+{queries} "
+                       f"(shots+queries) are needed ({len(short)} such classes)")
+    if data.num_classes < ways:
+      raise ValueError(f"{ways}-way episodes need {ways} classes; the set has {data.num_classes}")
+    self.data, self.seed, self.on_device = data, seed, on_device
+    self.shape = dict(tasks=tasks, ways=ways, shots=shots, queries=queries,
+                      max_count=int(data.class_count.max()))
+    self._start = jnp.asarray(data.class_start)
+    self._count = jnp.asarray(data.class_count)
+    self._sy = jnp.asarray(episode_labels(tasks, ways, shots))
+    self._qy = jnp.asarray(episode_labels(tasks, ways, queries))
+    self._images = jnp.asarray(data.images) if on_device else None
+
+  def indices(self, i: int) -> EpisodeIndices:
+    key = jax.random.fold_in(jax.random.key(self.seed), i)
+    return episode_indices(key, self._start, self._count, **self.shape)
+
+  def __call__(self, i: int) -> Episodes:
+    idx = self.indices(i)
+    if self.on_device:
+      sx, qx = _gather(self._images, idx.support, idx.query)
+    else:
+      s, q = np.asarray(idx.support), np.asarray(idx.query)
+      sx = jnp.asarray(self.data.images[s.reshape(-1)].reshape(s.shape + self.data.image_shape))
+      qx = jnp.asarray(self.data.images[q.reshape(-1)].reshape(q.shape + self.data.image_shape))
+      sx, qx = _to_float(sx), _to_float(qx)
+    return Episodes(sx, self._sy, qx, self._qy)
+
+
+@jax.jit
+def _to_float(x):
+  return x.astype(jnp.float32) / 255.0
+
+
+@jax.jit
+def _gather(images, s, q):
+  return _to_float(images[s]), _to_float(images[q])

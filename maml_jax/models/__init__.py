@@ -1,0 +1,25 @@
+"""Model registry: `build_model(name, ways, impl) -> flax.linen.Module`."""
+from maml_jax.models.convnets import VGG16, Conv4, Scratch7
+from maml_jax.models.layers import CONV_IMPLS, default_conv_impl
+
+MODELS = ("conv4", "conv4-pool", "scratch7", "vgg16", "tiny")
+
+
+def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0):
+  """The named network with a `ways`-way head.
+
+  `impl` picks the convolution formulation ("gemm", "xla", or "auto" for the
+  fastest measured on this backend); the parameters are the same either way.
+  """
+  impl = default_conv_impl() if impl == "auto" else impl
+  if name == "conv4":
+    return Conv4(ways, features=int(64 * width), impl=impl)
+  if name == "conv4-pool":
+    return Conv4(ways, features=int(32 * width), pool=True, impl=impl)
+  if name == "scratch7":
+    return Scratch7(ways, features=int(64 * width), impl=impl)
+  if name == "vgg16":
+    return VGG16(ways, width=width, impl=impl)
+  if name == "tiny":   # for tests: two strided blocks of 8 filters
+    return Conv4(ways, features=8, impl=impl)
+  raise ValueError(f"unknown model {name!r}; choose from {MODELS}")

@@ -1,0 +1,162 @@
+"""Layers written for fast second-order differentiation on every backend.
+
+XLA:CPU's convolution weight-gradient is an order of magnitude slower than a
+matrix multiply of the same arithmetic, and the derivatives of convolution
+gradients (what second-order MAML differentiates) are slower still.  So each
+operation here has two formulations, chosen per backend by `conv_impl`:
+
+* `"xla"`: `lax.conv_general_dilated` / `lax.reduce_window` (the reference).
+* `"gemm"`: convolution as one matrix multiply over image patches.  Patches are
+  built from shifted slices of the padded input, so every derivative, to any
+  order, is again slices, pads, adds and matrix multiplies, all fast on CPU.
+
+Max-pooling is a reshape and a max over the window axes (its derivative is an
+elementwise mask, not XLA's select-and-scatter).  Batch norm always normalises
+with statistics of the current batch (MAML's convention) or, with `stat_mask`,
+of the masked rows only.  `tests/test_layers.py` checks that the formulations
+agree, including their second derivatives.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("gemm", "xla")
+
+
+def default_conv_impl() -> str:
+  """The formulation that measured fastest on the current backend."""
+  return "gemm" if jax.default_backend() == "cpu" else "xla"
+
+
+def _out_size(size, k, stride, pad):
+  return (size + 2 * pad - k) // stride + 1
+
+
+def conv2d(x, kernel, *, stride=1, padding=1, impl="gemm"):
+  """2-D convolution, NHWC.
+
+  Args:
+    x: float [B, H, W, Cin].
+    kernel: float [kh, kw, Cin, Cout] (HWIO).
+    stride, padding: symmetric, in pixels.
+    impl: "gemm" or "xla" (same result to rounding).
+  Returns:
+    float [B, Ho, Wo, Cout].
+  """
+  if impl == "xla":
+    return lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if impl != "gemm":
+    raise ValueError(f"unknown conv impl {impl!r}; choose from {CONV_IMPLS}")
+  kh, kw, cin, cout = kernel.shape
+  b, h, w, _ = x.shape
+  ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
+  cols = [lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+                    (1, stride, stride, 1))
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]   # [B, Ho, Wo, kh*kw*Cin]
+  out = patches.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+  return out.reshape(b, ho, wo, cout)
+
+
+def max_pool(x, window=2, impl="gemm"):
+  """Non-overlapping max-pooling with VALID padding, NHWC: [B,H,W,C] -> [B,H//w,W//w,C]."""
+  if impl == "xla":
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, window, window, 1), "VALID")
+  b, h, w, c = x.shape
+  ho, wo = h // window, w // window
+  x = x[:, :ho * window, :wo * window]
+  return x.reshape(b, ho, window, wo, window, c).max(axis=(2, 4))
+
+
+def batch_stats_norm(x, scale, bias, stat_mask=None, eps=1e-5):
+  """Batch norm over all but the last axis, with statistics of this batch.
+
+  Args:
+    x: float [B, ..., C].
+    scale, bias: float [C] or None.
+    stat_mask: optional float [B]; statistics are taken over rows with weight 1
+      only (e.g. the support rows, so that a query image's output does not
+      depend on the other queries).
+  """
+  axes = tuple(range(x.ndim - 1))
+  if stat_mask is None:
+    mean = x.mean(axes)
+    var = jnp.square(x - mean).mean(axes)
+  else:
+    w = stat_mask.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    n = w.sum() * (x[0].size // x.shape[-1])
+    mean = (x * w).sum(axes) / n
+    var = (jnp.square(x - mean) * w).sum(axes) / n
+  y = (x - mean) * lax.rsqrt(var + eps)
+  if scale is not None:
+    y = y * scale
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+class Conv(nn.Module):
+  """3x3 (by default) convolution with bias, He-normal initialised."""
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  padding: int = 1
+  impl: str = "gemm"
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.param("kernel", nn.initializers.he_normal(),
+                   (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    b = self.param("bias", nn.initializers.zeros, (self.features,))
+    return conv2d(x, k, stride=self.stride, padding=self.padding, impl=self.impl) + b
+
+
+class BatchStatNorm(nn.Module):
+  """Batch norm on the current batch's statistics, learnable scale and shift.
+
+  There are no running averages: MAML normalises with the statistics of the
+  batch it is given, in both loops (pass `stat_mask` to restrict them).
+  """
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, stat_mask: Optional[jax.Array] = None):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    return batch_stats_norm(x, scale, bias, stat_mask, self.eps)
+
+
+class ConvBlock(nn.Module):
+  """conv -> batch norm -> ReLU [-> 2x2 max-pool]."""
+  features: int = 64
+  stride: int = 1
+  pool: bool = False
+  impl: str = "gemm"
+
+  @nn.compact
+  def __call__(self, x, stat_mask=None):
+    x = Conv(self.features, stride=self.stride, impl=self.impl, name="conv")(x)
+    x = BatchStatNorm(name="bn")(x, stat_mask)
+    x = nn.relu(x)
+    return max_pool(x, 2, self.impl) if self.pool else x
+
+
+class MLPHead(nn.Module):
+  """`hidden` ReLU layers, then the `ways`-way linear output."""
+  hidden: tuple[int, ...]
+  ways: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for i, h in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(h, name=f"fc_{i}")(x))
+    return nn.Dense(self.ways, name="out")(x)

@@ -1,0 +1,158 @@
+"""Meta-training and evaluation loops: `train_and_evaluate(cfg, workdir)`.
+
+One jitted, donated meta-train step per meta-batch; episodes drawn from
+(seed, step) so that a resumed run sees the same episodes as an uninterrupted
+one; metrics leave the device only every `log_every` steps; a NaN loss stops
+the run; periodic validation keeps the best checkpoint, which the final
+meta-test evaluation uses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from maml_jax.checkpoints import Checkpoints, check_or_write_config, write_json
+from maml_jax.config import Config
+from maml_jax.data_sources import load_splits
+from maml_jax.episodes import ClassImages, EpisodeSampler
+from maml_jax.models import build_model
+from maml_jax.train_step import (init_state, make_eval_step, make_mesh, make_train_step, mean_ci95,
+                                 replicate, shard_batch)
+
+VAL_SEED, TEST_SEED = 1_000_003, 2_000_003   # fixed: every evaluation sees the same episodes
+
+
+def eval_sampler(data: ClassImages, cfg: Config, seed: int) -> EpisodeSampler:
+  return EpisodeSampler(data, tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.eval_queries,
+                        seed=seed, on_device=cfg.on_device_data)
+
+
+def evaluate(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mesh, desc="evaluating",
+             progress=True) -> np.ndarray:
+  """Accuracy of each of the first `episodes` episodes of `sampler`: float [episodes]."""
+  tasks = sampler.shape["tasks"]
+  accs = []
+  for i in tqdm(range(math.ceil(episodes / tasks)), desc=desc, leave=False, disable=not progress):
+    accs.append(eval_step(meta_params, shard_batch(sampler(i), mesh)))
+  return np.concatenate([np.asarray(a) for a in accs])[:episodes]
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
+  """Meta-trains `cfg` in `workdir`, then evaluates the best checkpoint on the
+  meta-test classes.  Returns the results written to results.json."""
+  cfg.validate()
+  os.makedirs(workdir, exist_ok=True)
+  check_or_write_config(workdir, cfg)
+  splits = load_splits(cfg, workdir)
+  for name, d in splits.items():
+    if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
+      raise ValueError(f"{name} images are {d.image_shape}, the config asks for "
+                       f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+  synthetic = any(d.synthetic for d in splits.values())
+  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  mesh = make_mesh(cfg.tasks)
+  image_shape = splits["train"].image_shape
+  state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
+  ckpt = Checkpoints(workdir, cfg.keep_checkpoints)
+  best_path, metrics_path = os.path.join(workdir, "best.json"), os.path.join(workdir, "metrics.jsonl")
+  best = {"step": -1, "val_accuracy": -1.0}
+  if ckpt.latest_step() is not None:
+    if not resume:
+      raise FileExistsError(f"{workdir} already holds checkpoints (latest step {ckpt.latest_step()}); "
+                            f"pass --resume to continue that run, or use another --workdir")
+    state = replicate(ckpt.restore(state), mesh)
+    if os.path.exists(best_path):
+      with open(best_path) as f:
+        best = json.load(f)
+  elif os.path.exists(metrics_path):
+    os.remove(metrics_path)   # a run that never reached its first checkpoint starts over
+
+  train = EpisodeSampler(splits["train"], tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
+                         queries=cfg.queries, seed=cfg.seed, on_device=cfg.on_device_data)
+  val, test = eval_sampler(splits["val"], cfg, VAL_SEED), eval_sampler(splits["test"], cfg, TEST_SEED)
+  train_step = make_train_step(model, cfg, mesh)
+  eval_step = make_eval_step(model, cfg, mesh)
+
+  start = int(state.step)
+  train_seconds, t_mark = 0.0, time.perf_counter()
+  bar = tqdm(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
+             disable=not progress, dynamic_ncols=True)
+  postfix: dict = {}
+  with open(metrics_path, "a") as log:
+    for i in range(start, cfg.steps):
+      state, metrics = train_step(state, shard_batch(train(i), mesh))
+      step = i + 1
+      bar.update(1)
+      do_val = cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps)
+      if step % cfg.log_every == 0 or step == cfg.steps or do_val:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(m["loss"]):
+          raise NonFiniteLossError(f"loss became {m['loss']} at step {step}; lower --meta-lr or "
+                                   f"--inner-lr, or set --clip-norm")
+        train_seconds += time.perf_counter() - t_mark
+        t_mark = time.perf_counter()
+        rec = {"step": step, "train_seconds": round(train_seconds, 2), **{k: round(v, 5) for k, v in m.items()}}
+        postfix.update(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
+        if do_val:
+          accs = evaluate(eval_step, state.meta_params, val, cfg.val_episodes, mesh, "validating", progress)
+          rec["val_accuracy"], rec["val_ci95"] = mean_ci95(accs)
+          postfix["val"] = f"{rec['val_accuracy']:.3f}"
+          if cfg.monitor_test:
+            accs = evaluate(eval_step, state.meta_params, test, cfg.test_episodes, mesh, "testing", progress)
+            rec["test_accuracy"], rec["test_ci95"] = mean_ci95(accs)
+            postfix["test"] = f"{rec['test_accuracy']:.3f}"
+          if rec["val_accuracy"] > best["val_accuracy"]:
+            best = {"step": step, "val_accuracy": rec["val_accuracy"]}
+            ckpt.save(state, best=True)
+            write_json(best_path, best)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        bar.set_postfix(postfix, refresh=False)
+        t_mark = time.perf_counter()   # evaluation time does not count as training time
+      if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        ckpt.save(state)
+        t_mark = time.perf_counter()
+  bar.close()
+  train_seconds += time.perf_counter() - t_mark
+
+  final = state
+  if best["step"] >= 0:
+    final = replicate(ckpt.restore(state, best=True), mesh)
+  ckpt.close()
+  t0 = time.perf_counter()
+  accs = evaluate(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test", progress)
+  mean, ci = mean_ci95(accs)
+  results = {"test_accuracy": mean, "test_ci95": ci, "test_episodes": len(accs), "checkpoint_step": int(final.step),
+             "best_val_accuracy": best["val_accuracy"], "steps": cfg.steps, "synthetic_data": synthetic,
+             "eval_inner_steps": cfg.eval_inner_steps, "ways": cfg.ways, "shots": cfg.shots,
+             "train_seconds_this_run": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)}
+  write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int | None = None,
+                     which: str = "best", progress: bool = True) -> dict:
+  """Evaluates a saved run on its meta-test classes (same episodes as training's final evaluation)."""
+  from maml_jax.checkpoints import load_trained
+  trained = load_trained(workdir, which)
+  cfg = trained.config
+  splits = load_splits(cfg, workdir)
+  mesh = make_mesh(cfg.tasks)
+  steps = cfg.eval_inner_steps if inner_steps is None else inner_steps
+  eval_step = make_eval_step(trained.model, cfg, mesh, steps)
+  episodes = episodes or cfg.test_episodes
+  accs = evaluate(eval_step, replicate(trained.meta_params, mesh), eval_sampler(splits["test"], cfg, TEST_SEED),
+                  episodes, mesh, "meta-test", progress)
+  mean, ci = mean_ci95(accs)
+  return {"test_accuracy": mean, "test_ci95": ci, "test_episodes": len(accs), "checkpoint_step": trained.step,
+          "eval_inner_steps": steps, "synthetic_data": any(d.synthetic for d in splits.values())}

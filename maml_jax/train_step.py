@@ -1,0 +1,121 @@
+"""The jitted meta-train and evaluation steps, sharded over the task axis.
+
+`make_train_step` returns one jitted `step(state, batch) -> (state, metrics)`
+with the state donated.  The batch's task axis is split over a 1-D device mesh
+(`jax.shard_map`); each device adapts its tasks, the meta-gradients are
+averaged across devices (`pmean`), and the parameters stay replicated.  On one
+device this is the plain computation.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from maml_jax import maml
+from maml_jax.config import Config
+from maml_jax.episodes import Episodes
+
+AXIS = "tasks"
+
+
+class TrainState(NamedTuple):
+  step: jax.Array          # int32 []
+  meta_params: Any         # {"model": params, "lr": lrs}
+  opt_state: Any
+
+
+def make_mesh(tasks: int, devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over as many devices as evenly divide the task count."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = math.gcd(tasks, len(devices))
+  return jax.make_mesh((n,), (AXIS,), devices=devices[:n])
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def shard_batch(batch: Episodes, mesh) -> Episodes:
+  """Places a batch with its task axis split over the mesh."""
+  return jax.device_put(batch, batch_sharding(mesh))
+
+
+def replicate(tree, mesh):
+  """Places a pytree on every device of the mesh (parameters, optimizer state)."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def make_optimizer(cfg: Config, meta_params) -> optax.GradientTransformation:
+  """Adam with global-norm clipping; parameters outside `outer_mask` are frozen."""
+  lr = cfg.meta_lr
+  if cfg.lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(cfg.meta_lr, max(cfg.steps, 1), alpha=0.05)
+  tx = optax.adam(lr)
+  if cfg.clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  if not cfg.outer_mask:
+    return tx
+  labels = {"model": jax.tree.map(lambda m: "train" if m else "freeze",
+                                  maml.regex_mask(meta_params["model"], cfg.outer_mask)),
+            "lr": jax.tree.map(lambda _: "train", meta_params["lr"])}
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
+def init_state(model, cfg: Config, key, image_shape) -> TrainState:
+  meta_params = maml.init_meta_params(model, cfg, key, image_shape)
+  opt_state = make_optimizer(cfg, meta_params).init(meta_params)
+  return TrainState(jnp.zeros((), jnp.int32), meta_params, opt_state)
+
+
+def _sharded_grad(model, cfg: Config, mesh):
+  """(meta_params, batch) -> (loss, metrics, grads), averaged over all tasks."""
+  def local(meta_params, batch):
+    (loss, metrics), grads = jax.value_and_grad(maml.meta_loss, has_aux=True)(
+        meta_params, batch, model=model, cfg=cfg)
+    return jax.lax.pmean((loss, metrics, grads), AXIS)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+
+
+def make_train_step(model, cfg: Config, mesh):
+  """The jitted meta-train step; `state` is donated."""
+  grad_fn = _sharded_grad(model, cfg, mesh)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state: TrainState, batch: Episodes):
+    loss, metrics, grads = grad_fn(state.meta_params, batch)
+    tx = make_optimizer(cfg, state.meta_params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
+    meta_params = optax.apply_updates(state.meta_params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return TrainState(state.step + 1, meta_params, opt_state), metrics
+
+  return step
+
+
+def make_eval_step(model, cfg: Config, mesh, steps: int | None = None):
+  """Jitted `(meta_params, batch) -> accuracy [T]` after `steps` inner steps
+  (default: `eval_inner_steps`), per task, no gradient to the initialisation."""
+  steps = cfg.eval_inner_steps if steps is None else steps
+
+  def local(meta_params, batch):
+    fn = lambda sx, sy, qx, qy: maml.task_loss(meta_params, sx, sy, qx, qy, model=model, cfg=cfg,
+                                               steps=steps)[1]["accuracy"]
+    return maml.map_tasks(fn, batch, cfg.task_map)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+                               check_vma=False))
+
+
+def mean_ci95(values) -> tuple[float, float]:
+  """Mean and the half-width of its normal-approximation 95% interval."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return float(v.mean()) if len(v) else float("nan"), float("nan")
+  return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
