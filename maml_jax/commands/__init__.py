@@ -1,7 +1,8 @@
 """Sub-commands of run.py, one module each: `add_parser(subparsers)` and `main(args) -> int`."""
 import importlib
 
-COMMANDS = ("meta_train", "evaluate", "bench", "prepare_data")
+COMMANDS = ("meta_train", "evaluate", "adapt", "predict", "prepare_smi", "make_smi_demo", "prepare_data",
+            "check_backbone", "bench")
 
 
 def modules():

@@ -1,0 +1,100 @@
+"""Atomic file writing and checksums.
+
+Everything the SMI pipeline writes goes to a temporary file in the destination
+folder and is moved into place with `os.replace`, so an interrupted run leaves
+either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from maml_jax.smi.errors import SMIDataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path beside `path`; on success it replaces `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+  """Uncompressed npz (ROIs are noisy; compression buys little and costs time)."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_bytes(path, buf.getvalue())
+
+
+def save_figure(fig, path: str, **kwargs) -> None:
+  """`fig.savefig` through a temporary file (format taken from `path`)."""
+  fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+  buf = io.BytesIO()
+  fig.savefig(buf, format=fmt, **kwargs)
+  write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary folder beside `path` that becomes `path` on success.
+
+  On an exception the temporary folder is removed and `path` is untouched.  An
+  existing non-empty `path` is replaced only when `overwrite` is set (checked
+  before any work is done, so a refusal costs nothing).
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    raise SMIDataError(f"{path}: the output folder exists and is not empty (pass --overwrite to replace it)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+  try:
+    yield tmp
+    old = None
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
+      os.rmdir(old)
+      os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,140 @@
+"""A kept adapted model: saving it, loading it, staging new X-rays with it.
+
+A saved model is a folder, written atomically:
+
+    model.json    format, configuration, ROI names, classes and label scheme,
+                  voting rule and ROI weights, where it came from, synthetic flag
+    params.npz    the adapted parameters, keyed by '/'-joined parameter path
+                  (with a leading ROI axis for per-ROI learners)
+    support.npz   the support ROI crops (uint8 [n, R, 64, 64]) and labels: the
+                  batch-norm statistics of every prediction are taken from them
+
+The support crops travel with the parameters because the networks normalise
+with batch statistics: a new image is classified together with the support
+rows, whose statistics alone are used (so its result depends on nothing else).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from maml_jax.config import Config
+from maml_jax.smi import files, voting
+from maml_jax.smi.errors import SMIDataError
+from maml_jax.smi.experiment import layout
+from maml_jax.smi.learner import build_model, predict_fn
+
+FORMAT = "maml_jax.smi_model"
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptedModel:
+  config: Config
+  model: Any
+  params: Any
+  support_rois: np.ndarray      # uint8 [n, R, 64, 64]
+  support_y: np.ndarray         # int32 [n]
+  roi_names: tuple[str, ...]
+  classes: tuple[str, ...]
+  weights: np.ndarray           # float [R] for the weighted vote
+  per_roi: bool
+  synthetic: bool
+  info: dict                    # the rest of model.json
+
+
+def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    if "/" in str(k):
+      raise ValueError(f"parameter name {k!r} contains '/'")
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = np.asarray(v)
+  return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for path, v in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def save(folder: str, *, config: Config, params, support_rois: np.ndarray, support_y: np.ndarray,
+         roi_names: Sequence[str], classes: Sequence[str], weights: np.ndarray, per_roi: bool,
+         synthetic: bool, info: Optional[dict] = None, overwrite: bool = True) -> str:
+  """Writes a saved adapted model (see the module docstring); returns the folder."""
+  with files.atomic_dir(folder, overwrite=overwrite) as tmp:
+    files.write_npz(os.path.join(tmp, "params.npz"), **_flatten(jax.device_get(params)))
+    files.write_npz(os.path.join(tmp, "support.npz"), rois=np.asarray(support_rois, np.uint8),
+                    label=np.asarray(support_y, np.int32))
+    meta = {"format": FORMAT, "version": VERSION, "synthetic": bool(synthetic), "config": config.to_dict(),
+            "roi_names": list(roi_names), "classes": list(classes), "per_roi_learners": bool(per_roi),
+            "weights": [float(w) for w in weights], **(info or {})}
+    files.write_json(os.path.join(tmp, "model.json"), meta)
+  return folder
+
+
+def load(folder: str) -> AdaptedModel:
+  """Reads a saved adapted model; SMIDataError naming the file if it is not one."""
+  path = os.path.join(folder, "model.json")
+  if not os.path.isfile(path):
+    raise SMIDataError(f"{folder}: not a saved model (no model.json; make one with `adapt --save`)")
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+      raise SMIDataError(f"{path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT} v{VERSION}")
+    config = Config.from_dict(meta["config"])
+    with np.load(os.path.join(folder, "params.npz"), allow_pickle=False) as z:
+      params = _unflatten({k: z[k] for k in z.files})
+    with np.load(os.path.join(folder, "support.npz"), allow_pickle=False) as z:
+      rois, y = z["rois"], z["label"]
+  except SMIDataError:
+    raise
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise SMIDataError(f"{folder}: cannot read the saved model ({type(e).__name__}: {e})") from None
+  roi_names = tuple(meta["roi_names"])
+  if rois.dtype != np.uint8 or rois.ndim != 4 or rois.shape[1] != len(roi_names):
+    raise SMIDataError(f"{folder}/support.npz: expected uint8 [n, {len(roi_names)}, 64, 64], got "
+                       f"{rois.dtype} {list(rois.shape)}")
+  info = {k: v for k, v in meta.items() if k not in ("config", "roi_names", "classes", "weights",
+                                                     "per_roi_learners", "synthetic")}
+  return AdaptedModel(config, build_model(config), params, rois, y.astype(np.int32), roi_names,
+                      tuple(meta["classes"]), np.asarray(meta["weights"], np.float64),
+                      bool(meta["per_roi_learners"]), bool(meta["synthetic"]), info)
+
+
+def predict_rois(m: AdaptedModel, rois: np.ndarray) -> np.ndarray:
+  """Class probabilities of each ROI of each image.
+
+  Args:
+    rois: uint8 [k, R, 64, 64], ROIs in the model's order.
+  Returns:
+    float32 [k, R, C].
+  """
+  if rois.ndim != 4 or rois.shape[1] != len(m.roi_names):
+    raise SMIDataError(f"expected ROI crops [k, {len(m.roi_names)}, 64, 64], got {list(rois.shape)}")
+  fn = predict_fn(m.model, len(m.classes), m.per_roi)
+  probs = np.asarray(fn(m.params, layout(m.support_rois, m.config, m.per_roi), layout(rois, m.config, m.per_roi)))
+  k, r = rois.shape[:2]
+  return np.swapaxes(probs, 0, 1) if m.per_roi else probs.reshape(k, r, -1)
+
+
+def stage_images(m: AdaptedModel, rois: np.ndarray, rule: str = "majority") -> dict:
+  """Stages of k images: {"stage" int [k] class index, "probs" [k, C] (ROI mean),
+  "roi_probs" [k, R, C], "roi_votes" int [k, R]}."""
+  probs = predict_rois(m, rois)
+  return {"stage": voting.combine(rule, probs, m.weights), "probs": probs.mean(1),
+          "roi_probs": probs, "roi_votes": probs.argmax(-1)}

@@ -1,0 +1,222 @@
+"""Building a shard set from a user's X-rays, label CSV and ROI-centre CSV.
+
+Inputs (all CSVs have a header row; extra columns are ignored):
+
+- labels CSV: `image_id` plus either `stage` (1..11 with the paper's merge, or
+  already 1..5, or any stages with a user mapping) or `age_months` with stage
+  boundaries.  Optional columns `patient_id`, `sex` (F/M), `age_months`.
+  `image_id` is the image's file name without extension.
+- ROI centres, one of
+  * long CSV  `image_id, roi, x, y`  (one row per image and ROI),
+  * wide CSV  `image_id, roi1_x, roi1_y, roi2_x, roi2_y, ...`,
+  * template CSV `roi, x, y` (no image_id): the same centres for every image,
+    for registered images.
+  x is the column and y the row, in pixels of the original image (or of the
+  512x512 resized image with `coords="resized"`).  ROIs are named as in the
+  CSV (a number n becomes "roi<n>"), in order of first appearance.
+
+Everything is read and checked before anything is written, so bad input
+leaves no output behind.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from maml_jax.smi import images as imio
+from maml_jax.smi import labels as lab
+from maml_jax.smi.errors import SMIDataError
+from maml_jax.smi.shards import SMIData
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+  """Rows as dicts with stripped, lower-case keys and stripped values."""
+  if not os.path.isfile(path):
+    raise SMIDataError(f"{path}: no such CSV file")
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f)
+      if not reader.fieldnames:
+        raise SMIDataError(f"{path}: the CSV is empty (a header row is needed)")
+      rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise SMIDataError(f"{path}: cannot read the CSV ({e})") from None
+  if not rows:
+    raise SMIDataError(f"{path}: the CSV has a header but no rows")
+  return rows
+
+
+def _number(text: str, *, path: str, row: int, column: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise SMIDataError(f"{path}: row {row + 2}, column '{column}': {text!r} is not a number") from None
+
+
+def _roi_name(text: str) -> str:
+  return f"roi{int(float(text))}" if text.replace(".", "", 1).isdigit() else text
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelTable:
+  """Labels read from a labels CSV, in the CSV's row order."""
+  image_id: list[str]
+  label: np.ndarray                    # int32 [n] class index 0..C-1
+  classes: tuple[str, ...]
+  scheme: dict
+  patient_id: Optional[np.ndarray]
+  sex: Optional[np.ndarray]
+  age_months: Optional[np.ndarray]
+
+
+def read_labels(path: str, *, stages: str = "11", mapping: Optional[str] = None,
+                age_boundaries: Optional[Sequence[float]] = None, column: str = "stage") -> LabelTable:
+  """Reads a labels CSV and applies the label scheme.
+
+  Args:
+    stages: "11" (merge 1..11 into 5 as the paper does) or "5" (already 1..5);
+      ignored when `mapping` or `age_boundaries` is given.
+    mapping: a user mapping such as "1,2:1;3,4:2;..." (see labels.parse_mapping).
+    age_boundaries: ages in months where stage 2, 3, ... begin; labels then come
+      from the `age_months` column.
+    column: the stage column's name.
+  """
+  rows = read_csv(path)
+  cols = set(rows[0])
+  if "image_id" not in cols:
+    raise SMIDataError(f"{path}: the labels CSV needs an 'image_id' column (has {sorted(cols)})")
+  ids = [r["image_id"] for r in rows]
+  dup = sorted(i for i, k in collections.Counter(ids).items() if k > 1)
+  if dup:
+    raise SMIDataError(f"{path}: image_id {dup[0]!r} appears more than once")
+  age = None
+  if "age_months" in cols:
+    age = np.array([_number(r["age_months"], path=path, row=i, column="age_months") if r["age_months"] else np.nan
+                    for i, r in enumerate(rows)], np.float32)
+  if age_boundaries is not None:
+    if age is None or np.isnan(age).any():
+      raise SMIDataError(f"{path}: labels from ages need an 'age_months' value on every row")
+    merged = lab.stages_from_age(age, age_boundaries)
+    scheme = {"source": "age", "age_boundaries_months": [float(b) for b in age_boundaries]}
+    num = len(age_boundaries) + 1
+  else:
+    column = column.lower()
+    if column not in cols:
+      raise SMIDataError(f"{path}: the labels CSV needs a '{column}' column (has {sorted(cols)})")
+    raw = []
+    for i, r in enumerate(rows):
+      v = _number(r[column], path=path, row=i, column=column)
+      if v != int(v):
+        raise SMIDataError(f"{path}: row {i + 2}, column '{column}': stage {r[column]!r} is not a whole number")
+      raw.append(int(v))
+    if mapping:
+      m = lab.parse_mapping(mapping)
+      scheme = {"source": "stage", "mapping": {str(k): v for k, v in sorted(m.items())}}
+    elif stages == "11":
+      m = lab.PAPER_MERGE
+      scheme = {"source": "stage", "mapping": "paper 11-to-5: {1,2}->1, {3,4}->2, {5,6}->3, {7,8,9}->4, {10,11}->5"}
+    elif stages == "5":
+      m = {s: s for s in range(1, 6)}
+      scheme = {"source": "stage", "mapping": "identity (stages already 1..5)"}
+    else:
+      raise SMIDataError(f"stages must be '11' or '5', got {stages!r}")
+    merged = lab.merge_stages(np.array(raw), m, where=path)
+    num = max(m.values())
+  classes = tuple(str(c) for c in range(1, num + 1))
+  sex = None
+  if "sex" in cols:
+    sex = np.array([r["sex"][:1].upper() for r in rows], "<U1")
+    bad = [s for s in sex.tolist() if s not in ("F", "M", "")]
+    if bad:
+      raise SMIDataError(f"{path}: sex must be F or M (or empty), got {bad[0]!r}")
+  pid = np.array([r["patient_id"] for r in rows]) if "patient_id" in cols else None
+  return LabelTable(ids, (merged - 1).astype(np.int32), classes, scheme, pid, sex, age)
+
+
+def read_centres(path: str) -> tuple[Optional[dict[str, np.ndarray]], tuple[str, ...], Optional[np.ndarray]]:
+  """Reads ROI centres in long, wide or template form.
+
+  Returns:
+    (per_image, roi_names, template): per_image maps image_id to float [R, 2]
+    (x, y) with NaN where a ROI is missing, or is None for a template, which is
+    then float [R, 2].
+  """
+  rows = read_csv(path)
+  cols = list(rows[0])
+  if {"roi", "x", "y"} <= set(cols):
+    names: list[str] = []
+    for r in rows:
+      if _roi_name(r["roi"]) not in names:
+        names.append(_roi_name(r["roi"]))
+    idx = {n: i for i, n in enumerate(names)}
+    if "image_id" not in cols:  # template
+      tmpl = np.full((len(names), 2), np.nan)
+      for i, r in enumerate(rows):
+        tmpl[idx[_roi_name(r["roi"])]] = [_number(r["x"], path=path, row=i, column="x"),
+                                          _number(r["y"], path=path, row=i, column="y")]
+      return None, tuple(names), tmpl
+    out: dict[str, np.ndarray] = {}
+    for i, r in enumerate(rows):
+      c = out.setdefault(r["image_id"], np.full((len(names), 2), np.nan))
+      j = idx[_roi_name(r["roi"])]
+      if np.isfinite(c[j]).all():
+        raise SMIDataError(f"{path}: row {i + 2}: image {r['image_id']!r} has ROI {names[j]} twice")
+      c[j] = [_number(r["x"], path=path, row=i, column="x"), _number(r["y"], path=path, row=i, column="y")]
+    return out, tuple(names), None
+  xs = [c for c in cols if c.endswith("_x") and c[:-2] + "_y" in cols]
+  if "image_id" in cols and xs:
+    names = tuple(_roi_name(c[:-2]) for c in xs)
+    out = {}
+    for i, r in enumerate(rows):
+      if r["image_id"] in out:
+        raise SMIDataError(f"{path}: row {i + 2}: image {r['image_id']!r} appears twice")
+      out[r["image_id"]] = np.array([[_number(r[c], path=path, row=i, column=c) if r[c] else np.nan,
+                                      _number(r[c[:-2] + "_y"], path=path, row=i, column=c[:-2] + "_y")
+                                      if r[c[:-2] + "_y"] else np.nan] for c in xs])
+    return out, names, None
+  raise SMIDataError(f"{path}: expected ROI columns 'image_id,roi,x,y' (long), 'image_id,<roi>_x,<roi>_y,...' "
+                     f"(wide) or 'roi,x,y' (template); found {cols}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSummary:
+  num_images: int
+  counts: list[int]
+  classes: tuple[str, ...]
+  skipped_unlabelled: list[str]
+
+
+def build(images_dir: str, labels_csv: str, rois_csv: str, *, coords: str = "original",
+          stages: str = "11", mapping: Optional[str] = None, age_boundaries: Optional[Sequence[float]] = None,
+          label_column: str = "stage", progress: bool = True) -> tuple[SMIData, PrepareSummary]:
+  """Reads everything and returns the data set (nothing is written)."""
+  paths = imio.list_images(images_dir)
+  table = read_labels(labels_csv, stages=stages, mapping=mapping, age_boundaries=age_boundaries,
+                      column=label_column)
+  per_image, roi_names, template = read_centres(rois_csv)
+  missing = [i for i in table.image_id if i not in paths]
+  if missing:
+    raise SMIDataError(f"{labels_csv}: image {missing[0]!r} has a label but no image file in {images_dir} "
+                       f"({len(missing)} such labels)")
+  if per_image is not None:
+    nocentre = [i for i in table.image_id if i not in per_image]
+    if nocentre:
+      raise SMIDataError(f"{rois_csv}: image {nocentre[0]!r} has no ROI centres ({len(nocentre)} such images)")
+  labelled = set(table.image_id)
+  skipped = [i for i in paths if i not in labelled]
+  rois = np.zeros((len(table.image_id), len(roi_names), imio.ROI_SIZE, imio.ROI_SIZE), np.uint8)
+  for n, image_id in enumerate(tqdm(table.image_id, desc="cropping ROIs", unit="image", disable=not progress)):
+    centres = template if per_image is None else per_image[image_id]
+    rois[n] = imio.rois_from_file(paths[image_id], centres, coords=coords, roi_names=roi_names)
+  counts = lab.class_counts(table.label, len(table.classes))
+  data = SMIData(rois=rois, label=table.label, classes=table.classes, roi_names=roi_names, synthetic=False,
+                 age_months=table.age_months, sex=table.sex, image_id=np.array(table.image_id),
+                 patient_id=table.patient_id, source=os.path.abspath(images_dir),
+                 label_scheme={"name": f"smi{len(table.classes)}", **table.scheme})
+  return data, PrepareSummary(len(rois), counts.tolist(), table.classes, skipped)

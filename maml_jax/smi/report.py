@@ -1,0 +1,209 @@
+"""Writing an adaptation experiment's results: report.md, metrics.json, plots.
+
+Every file goes through a temporary file and `os.replace`.  Results on the
+synthetic demo data carry a SYNTHETIC banner in the report, the summary line
+and metrics.json (`"synthetic": true`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from maml_jax.smi import files
+
+# The paper's results on its (private) hand X-rays, for context only.
+PAPER_TABLE3 = {5: {"meta_scratch": 53.3, "meta_pretrained": 47.1},
+                10: {"meta_scratch": 56.6, "meta_pretrained": 57.1},
+                20: {"meta_scratch": 65.9, "meta_pretrained": 69.3}}
+PAPER_TABLE4 = {"roi1": 63.0, "roi2": 45.9, "roi3": 50.0, "roi4": 69.9, "roi5": 59.9, "roi6": 50.0}
+SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** These numbers come from generated, epiphysis-like drawings "
+                    "(`maml_jax.smi.synthetic`), not from hand X-rays; they show that the pipeline runs "
+                    "and say nothing about clinical accuracy.")
+RULE_TEXT = {
+    "majority": "majority vote (ties: summed probabilities)",
+    "average": "probability averaging",
+    "weighted": "weighted vote (weights from the support set)",
+}
+
+
+def _pct(stat: dict) -> str:
+  ci = stat.get("ci95", float("nan"))
+  m = 100 * stat["mean"]
+  return f"{m:.1f}" if ci is None or math.isnan(ci) else f"{m:.1f} ± {100 * ci:.1f}"
+
+
+def _num(stat: dict, digits: int = 2) -> str:
+  ci = stat.get("ci95", float("nan"))
+  m = stat["mean"]
+  if m is None or math.isnan(m):
+    return "n/a"
+  return f"{m:.{digits}f}" if ci is None or math.isnan(ci) else f"{m:.{digits}f} ± {ci:.{digits}f}"
+
+
+def _jsonable(x):
+  """NaN -> None, numpy -> Python, recursively (JSON has no NaN)."""
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    return None if math.isnan(float(x)) else float(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path: str) -> None:
+  """Row-normalised colours with the counts written in each cell."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  m = np.asarray(matrix, np.float64)
+  norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+  fig, ax = plt.subplots(figsize=(4.8, 4.2))
+  im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+  for i in range(m.shape[0]):
+    for j in range(m.shape[1]):
+      ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+  ax.set_xticks(range(len(classes)), classes)
+  ax.set_yticks(range(len(classes)), classes)
+  ax.set_xlabel("predicted stage")
+  ax.set_ylabel("true stage")
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(im, ax=ax, fraction=0.046, label="share of true stage")
+  fig.tight_layout()
+  files.save_figure(fig, path, dpi=120)
+  plt.close(fig)
+
+
+def plot_roi_accuracy(per_roi: dict, rules: dict, chance: float, title: str, path: str,
+                      paper: Optional[dict] = None) -> None:
+  """Bars: each ROI alone (mean, 95% CI); lines: the combination rules."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(per_roi)
+  means = np.array([100 * per_roi[n]["mean"] for n in names])
+  cis = np.array([100 * (per_roi[n]["ci95"] if per_roi[n]["ci95"] is not None and not math.isnan(per_roi[n]["ci95"])
+                         else 0.0) for n in names])
+  fig, ax = plt.subplots(figsize=(6.4, 3.8))
+  x = np.arange(len(names))
+  ax.bar(x, means, yerr=cis, capsize=4, color="#7aa6c2", label="ROI alone (this run)")
+  if paper:
+    ax.scatter(x, [paper.get(n, np.nan) for n in names], marker="_", s=400, color="#b04020",
+               label="paper, real X-rays (Table 4)", zorder=3)
+  styles = {"majority": "-", "average": "--", "weighted": ":"}
+  for rule, entry in rules.items():
+    ax.axhline(100 * entry["accuracy"]["mean"], linestyle=styles.get(rule, "-"), color="black", lw=1,
+               label=f"{rule} vote: {100 * entry['accuracy']['mean']:.1f}%")
+  ax.axhline(100 * chance, color="grey", lw=0.8, label=f"chance {100 * chance:.0f}%")
+  ax.set_xticks(x, names)
+  ax.set_ylabel("query accuracy %")
+  ax.set_ylim(0, 100)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, loc="upper right", ncols=2)
+  fig.tight_layout()
+  files.save_figure(fig, path, dpi=120)
+  plt.close(fig)
+
+
+def smi_markdown(metrics: dict) -> str:
+  """report.md for an SMI experiment (from the metrics.json content)."""
+  d, p, mdl = metrics["data"], metrics["protocol"], metrics["model"]
+  classes = d["classes"]
+  lines = ["# Few-shot skeletal-maturity adaptation", ""]
+  if metrics["synthetic"]:
+    lines += ["> " + SYNTHETIC_BANNER, ""]
+  counts = ", ".join(f"{c}: {n}" for c, n in zip(classes, d["counts"]))
+  lines += [
+      f"- Data: {d['source']} — {d['num_images']} images x {len(d['roi_names'])} ROIs; per class {counts}.",
+      f"- Model: `{mdl['workdir']}` ({mdl['network']}, input {mdl['image_size']}x{mdl['image_size']}x"
+      f"{mdl['channels']}, {mdl['ways']} outputs), {mdl['steps']} inner steps, "
+      f"{'one learner per ROI' if mdl['per_roi_learners'] else 'one learner over all ROIs'}.",
+      f"- Protocol: {p['trials']} trials (seed {p['seed']}); per class {p['shots']} support + {p['queries']} "
+      f"query images, disjoint{' and disjoint by patient' if p['patient_disjoint'] else ''}; "
+      f"{p['queries'] * len(classes)} query images per trial.",
+      f"- Weighted vote: {p['weights']}.",
+      "", "## Image-level results (vote over ROIs)", "",
+      "Mean ± 95% confidence interval over trials (t distribution).", "",
+      "| rule | accuracy % | MAE (stages) | within one stage % | quadratic kappa |",
+      "|---|---|---|---|---|"]
+  for rule, e in metrics["rules"].items():
+    lines.append(f"| {RULE_TEXT.get(rule, rule)} | {_pct(e['accuracy'])} | {_num(e['mae_stages'])} | "
+                 f"{_pct(e['within_one'])} | {_num(e['quadratic_kappa'])} |")
+  lines += ["", f"Chance level: {100 / len(classes):.0f}%."]
+  ref = PAPER_TABLE3.get(p["shots"])
+  if ref and len(classes) == 5:
+    lines.append(f"For context, the paper's majority vote on its real X-rays at {p['shots']} shots: "
+                 f"{ref['meta_scratch']}% (scratch network), {ref['meta_pretrained']}% (pre-trained); "
+                 "not comparable with other data.")
+  paper4 = PAPER_TABLE4 if list(metrics["per_roi"]) == list(PAPER_TABLE4) else None
+  lines += ["", "## Each ROI alone (the paper's Table 4)", "",
+            "| ROI | accuracy % | vote weight (mean) | held-out support accuracy % |"
+            + (" paper, real X-rays % |" if paper4 else ""),
+            "|---|---|---|---|" + ("---|" if paper4 else "")]
+  for name, e in metrics["per_roi"].items():
+    held = e.get("support_heldout_accuracy_mean")
+    lines.append(f"| {name} | {_pct(e)} | {e['weight_mean']:.2f} | "
+                 f"{'n/a' if held is None else f'{100 * held:.1f}'} |" + (f" {paper4[name]} |" if paper4 else ""))
+  conf = metrics["rules"]["majority"]["confusion"]
+  lines += ["", "## Confusion matrix (majority vote, summed over trials)", "",
+            "| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+  for c, row in zip(classes, conf):
+    lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+  lines += ["", "Figures: `confusion.png`, `roi_accuracy.png`.  All numbers: `metrics.json`.", ""]
+  return "\n".join(lines)
+
+
+def write_smi_report(out_dir: str, metrics: dict) -> list[str]:
+  """Writes report.md, metrics.json, confusion.png, roi_accuracy.png; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  tag = "SYNTHETIC demo data — " if metrics["synthetic"] else ""
+  p = metrics["protocol"]
+  paths = [os.path.join(out_dir, n) for n in ("metrics.json", "report.md", "confusion.png", "roi_accuracy.png")]
+  files.write_json(paths[0], _jsonable(metrics))
+  files.write_text(paths[1], smi_markdown(metrics))
+  plot_confusion(np.array(metrics["rules"]["majority"]["confusion"]), metrics["data"]["classes"],
+                 f"{tag}majority vote, {p['shots']}-shot, {p['trials']} trials", paths[2])
+  paper4 = PAPER_TABLE4 if list(metrics["per_roi"]) == list(PAPER_TABLE4) else None
+  plot_roi_accuracy(metrics["per_roi"], metrics["rules"], 1 / len(metrics["data"]["classes"]),
+                    f"{tag}accuracy of each ROI alone, {p['shots']}-shot", paths[3], paper4)
+  return paths
+
+
+def smi_summary(metrics: dict) -> str:
+  """A few lines for the terminal."""
+  p = metrics["protocol"]
+  head = "SYNTHETIC demo data: " if metrics["synthetic"] else ""
+  out = [f"{head}{p['shots']}-shot, {p['trials']} trials, {p['queries'] * len(metrics['data']['classes'])} "
+         "query images per trial (accuracy %, mean ± 95% CI):"]
+  for rule, e in metrics["rules"].items():
+    out.append(f"  {rule:9s} {_pct(e['accuracy']):>14s}   MAE {_num(e['mae_stages'])}  "
+               f"within-one {_pct(e['within_one'])}  kappa {_num(e['quadratic_kappa'])}")
+  out.append("  per ROI: " + ", ".join(f"{n} {100 * e['mean']:.1f}" for n, e in metrics["per_roi"].items()))
+  return "\n".join(out)
+
+
+def write_episode_report(out_dir: str, metrics: dict) -> list[str]:
+  """report.md and metrics.json for a meta-test (unseen classes) evaluation."""
+  os.makedirs(out_dir, exist_ok=True)
+  a = metrics["accuracy"]
+  lines = [f"# Meta-test: {metrics['dataset']} (unseen classes)", ""]
+  if metrics["synthetic"]:
+    lines += ["> **SYNTHETIC data**: generated classes, not real images.", ""]
+  lines += [f"- Model: `{metrics['model']['workdir']}` ({metrics['model']['network']}), "
+            f"{metrics['model']['steps']} inner steps.",
+            f"- {metrics['episodes']} episodes: {metrics['ways']}-way, {metrics['shots']} shots, "
+            f"{metrics['queries']} queries per class, seed {metrics['seed']}.",
+            f"- Accuracy: **{_pct(a)} %** (mean ± 95% CI over episodes, t distribution).", ""]
+  paths = [os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "report.md")]
+  files.write_json(paths[0], _jsonable(metrics))
+  files.write_text(paths[1], "\n".join(lines))
+  return paths
