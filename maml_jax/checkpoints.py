@@ -28,7 +28,7 @@ from maml_jax.train_step import TrainState, init_state
 # or how verbosely it runs, not what it computes per step.
 RESUMABLE_FIELDS = {"steps", "log_every", "val_every", "val_episodes", "test_episodes",
                     "checkpoint_every", "keep_checkpoints", "data_dir", "on_device_data",
-                    "conv_impl", "task_map", "remat", "monitor_test"}
+                    "conv_impl", "task_map", "remat", "monitor_test", "manual_dir"}
 
 
 class IncompatibleRunError(ValueError):

@@ -22,7 +22,11 @@ class Config:
   # data
   dataset: str = _f("omniglot", "meta-training data: omniglot, synthetic, or a '+'-joined subset of "
                     "cifar100, tinyimagenet, omniglot, folder (the paper's meta-dataset)")
-  data_dir: str = _f("", "where the source data lies (default: the embedded Omniglot zips / TFDS's default)")
+  data_dir: str = _f("", "where the source data lies: the Omniglot folder (default: the embedded zips) or the "
+                     "TFDS data directory of cifar100/tinyimagenet (default: TFDS's)")
+  manual_dir: str = _f("", "folder with the downloaded archives (tiny-imagenet-200.zip, cifar-100-binary.tar.gz); "
+                       "a TFDS dataset not yet prepared is prepared from it on first use")
+  image_folder: str = _f("", "root/<class>/<images> for the 'folder' dataset (your own images)")
   image_size: int = _f(28, "images are brought to image_size x image_size")
   channels: int = _f(1, "1 (grayscale) or 3 (RGB)")
   split_seed: int = _f(1, "seed of the class-level meta-train/val/test split")
@@ -146,13 +150,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                       help="named settings to start from (default: %(default)s)")
   g = parser.add_argument_group("settings (each overrides the preset)")
   for f in dataclasses.fields(Config):
-    flag = "--" + f.name.replace("_", "-")
+    flags = ["--" + f.name.replace("_", "-")] + (["--datasets"] if f.name == "dataset" else [])
     if f.type in ("bool", bool):
-      g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+      g.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                      help=f.metadata["help"])
     else:
       typ = {"int": int, "float": float, "str": str}[str(f.type)]
-      g.add_argument(flag, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(),
+      g.add_argument(*flags, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(),
                      help=f.metadata["help"] + f" (default: preset's, {f.default!r} in the base)")
 
 

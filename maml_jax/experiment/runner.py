@@ -1,0 +1,230 @@
+"""The experiment end to end: data, columns, models, the grid, the report.
+
+`execute(settings, dataset)` runs the grid of one data set ("metadataset" for
+Table 2, "smi" for Tables 3 and 4) into `settings.out`:
+
+1. the test source (meta-dataset test classes, or the SMI ROI crops);
+2. the settings that decide the numbers are recorded in (or checked against)
+   `<out>/experiment.json`;
+3. only for columns with missing cells: the pretrained features of every
+   crop (cached), the heads meta-learned on frozen features of the meta-train
+   classes, the meta-trained scratch networks (given workdirs, or trained
+   here with `meta_steps`);
+4. the grid (`grid.run`), each cell stored when done;
+5. the report of everything in the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from maml_jax.baselines import base_learning, simple
+from maml_jax.experiment import backbones as bb
+from maml_jax.experiment import feature_meta, grid, meta_runs, paper, report, store
+from maml_jax.experiment.methods import Context, predictor
+from maml_jax.experiment.sources import TaskSource, metadataset_source, smi_source
+
+WAYS = 5   # the paper's 5-way tasks; the SMI data bring their own class count
+# Meta-train settings that describe the scratch network or its data, not the
+# episodes and loops: `--meta-set` overrides of these do not apply to the heads.
+NETWORK_FIELDS = ("model", "width", "image_size", "channels", "dataset", "data_dir", "conv_impl", "steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything `run.py experiment` takes (see its --help)."""
+  out: str = "runs/experiment"
+  shots: tuple[int, ...] = (5, 10, 20)
+  repeats: int = 5
+  queries: int = 15
+  seed: int = 0
+  methods: tuple[str, ...] = paper.METHODS
+  backbones: tuple[str, ...] = paper.BACKBONES
+  pretrained: str = "efficientnet"
+  vgg16_weights: Optional[str] = None
+  feature_size: int = 224
+  spec: bb.NetSpec = bb.NetSpec()
+  dataset: str = "tinyimagenet"
+  data_dir: str = ""
+  manual_dir: Optional[str] = None
+  split_seed: int = 0
+  data_size: int = 64
+  smi_data: Optional[str] = None
+  demo_seed: int = 0
+  meta_workdirs: tuple[tuple[str, str], ...] = ()
+  meta_steps: Optional[int] = None
+  head_steps: Optional[int] = None
+  meta_overrides: tuple[tuple[str, Any], ...] = ()
+  progress: bool = True
+
+  def columns(self) -> list[tuple[str, str]]:
+    return paper.column_order([(m, b) for m in self.methods for b in self.backbones])
+
+
+def load_meta_splits(s: Settings) -> dict:
+  """The meta-dataset's {'train','val','test'} ClassImages at data_size, grayscale."""
+  from maml_jax.config import Config
+  from maml_jax.data_sources import load_splits
+  workdir = os.path.join(s.out, "data")
+  if s.dataset in ("omniglot", "synthetic"):
+    cfg = Config(dataset=s.dataset, data_dir=s.data_dir, image_size=s.data_size, channels=1,
+                 split_seed=s.split_seed, ways=WAYS, shots=max(s.shots), queries=s.queries,
+                 eval_queries=s.queries)
+    return load_splits(cfg, workdir)
+  from data import metadataset
+  return metadataset.load_meta_dataset(s.dataset.split("+"), image_size=s.data_size, channels=1, workdir=workdir,
+                                       split_seed=s.split_seed, tfds_data_dir=s.data_dir or None,
+                                       manual_dir=s.manual_dir)
+
+
+def load_source(s: Settings, dataset: str, meta_splits) -> TaskSource:
+  if dataset == "metadataset":
+    test = meta_splits()["test"]
+    desc = (f"{s.dataset} meta-test split ({test.num_classes} classes never used in meta-training, "
+            f"{len(test.images)} images at {s.data_size}x{s.data_size} grayscale; split_seed {s.split_seed})")
+    return metadataset_source(test, ways=WAYS, queries=s.queries, seed=s.seed, description=desc)
+  from maml_jax.smi import shards, synthetic
+  data = shards.load_shards(s.smi_data) if s.smi_data else synthetic.load_demo(s.demo_seed)
+  return smi_source(data, queries=s.queries, seed=s.seed)
+
+
+def backbone_name(s: Settings) -> str:
+  if s.pretrained == "efficientnet":
+    return f"efficientnet-lite0-{s.feature_size}px"
+  if s.pretrained == "vgg16":
+    return f"vgg16:{os.path.abspath(s.vgg16_weights or '')}"
+  return f"supervised:{s.spec.model}x{s.spec.width}:{bb.SUPERVISED_EPOCHS}epochs:{s.dataset}:split{s.split_seed}"
+
+
+def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
+  if s.pretrained == "efficientnet":
+    return bb.efficientnet(s.feature_size)
+  if s.pretrained == "vgg16":
+    if not s.vgg16_weights:
+      raise ValueError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or "
+                       "Keras vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+    return bb.vgg16(s.vgg16_weights, s.data_size)
+  if s.pretrained == "supervised":
+    return bb.supervised(meta_splits()["train"], s.spec._replace(image_size=s.data_size),
+                         cache_dir=os.path.join(s.out, "cache"), seed=s.seed, progress=s.progress)
+  raise ValueError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
+
+
+def fixed_settings(s: Settings, source: TaskSource) -> dict:
+  """What decides every cell's number (checked on resume)."""
+  return {"data": source.description, "synthetic": source.synthetic, "roi_names": list(source.roi_names),
+          "seed": s.seed, "queries_per_class": s.queries, "ways": source.ways,
+          "meta_dataset": f"{s.dataset} (split_seed {s.split_seed}, {s.data_size}x{s.data_size} grayscale)",
+          "pretrained_backbone": backbone_name(s),
+          "scratch_network": f"{s.spec.model} width {s.spec.width} at {s.spec.image_size}x{s.spec.image_size}x{s.spec.channels}",
+          "base_learning": f"{base_learning.TRAIN_STEPS} full-batch Adam steps, lr {base_learning.LEARNING_RATE}, "
+                           f"augmentation {base_learning.AUGMENTATION}, head {base_learning.HEAD_HIDDEN}",
+          "ncm": f"cosine to L2-normalised class means (temperature {simple.COSINE_TEMPERATURE})",
+          "linear_probe": f"logistic regression on L2-normalised features, L2 {simple.LINEAR_PROBE_L2}, "
+                          f"{simple.LINEAR_PROBE_ITERATIONS} L-BFGS iterations"}
+
+
+def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, test_classes) -> dict:
+  """Learners of the meta-learned columns, and their identities."""
+  from maml_jax.smi.learner import Learner, load_learner
+  identities = {}
+  given = dict(s.meta_workdirs)
+  overrides = dict(s.meta_overrides)
+  cache = os.path.join(s.out, "cache")
+  for method, backbone_kind in columns:
+    if method not in paper.META_METHODS:
+      continue
+    if backbone_kind == "pretrained":
+      splits = meta_splits()
+      tag = f"{s.dataset}-split{s.split_seed}-{s.data_size}px"
+      train = feature_meta.FeatureSet.of(bb.features(backbone, splits["train"].images, cache, f"{tag}-train"),
+                                         splits["train"])
+      val = feature_meta.FeatureSet.of(bb.features(backbone, splits["val"].images, cache, f"{tag}-val"),
+                                       splits["val"])
+      cfg = feature_meta.head_config(method, steps=s.head_steps, seed=s.seed, ways=WAYS)
+      cfg = cfg.replace(**{k: v for k, v in overrides.items() if k not in NETWORK_FIELDS}).validate()
+      params, info = feature_meta.load_or_train_head(train, val, cfg, cache, f"{method}-{backbone.name}", s.progress)
+      ctx.learners[(method, "pretrained")] = Learner(cfg, base_learning.FeatureHead(cfg.ways), params,
+                                                     cfg.eval_inner_steps)
+      identities[f"{method}/pretrained"] = (f"head meta-learned on {backbone.name} features of {tag} train "
+                                            f"classes: {cfg.steps} steps, best val step {info['best']['step']}")
+    else:
+      workdir = given.get(method)
+      if workdir is None:
+        meta_splits()   # prepares the data (manual_dir) before the engine reads it
+        cfg = meta_runs.scratch_config(method, dataset=s.dataset, data_dir=s.data_dir, split_seed=s.split_seed,
+                                       spec=s.spec, seed=s.seed, steps=s.meta_steps, overrides=overrides)
+        workdir = meta_runs.ensure_trained(cfg, os.path.join(s.out, "meta-train", f"{method}-scratch"), s.progress)
+      if test_classes is not None:
+        meta_runs.check_disjoint(workdir, test_classes)
+      learner = load_learner(workdir)
+      step = _trained_step(workdir)
+      ctx.learners[(method, "scratch")] = learner
+      identities[f"{method}/scratch"] = meta_runs.identity(workdir, step)
+  return identities
+
+
+def _trained_step(workdir: str) -> int:
+  import json
+  path = os.path.join(workdir, "best.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return int(json.load(f).get("step", -1))
+  return -1
+
+
+def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
+            backbone: Optional[bb.Backbone] = None, meta_splits_override: Optional[dict] = None,
+            command: str = "") -> dict:
+  """Runs one data set's grid (see the module docstring); returns a summary
+  {"cells": new cells, "seconds": wall time, "paths": report files}."""
+  start = time.time()
+  cached: dict = {}
+
+  def meta_splits():
+    if meta_splits_override is not None:
+      return meta_splits_override
+    if "splits" not in cached:
+      cached["splits"] = load_meta_splits(s)
+    return cached["splits"]
+
+  source = source or load_source(s, dataset, meta_splits)
+  columns = s.columns()
+  fixed = fixed_settings(s, source)
+  if backbone is not None:
+    fixed["pretrained_backbone"] = backbone.name
+  os.makedirs(s.out, exist_ok=True)
+  st = store.ResultsStore(s.out)
+  store.check_settings(s.out, dataset, fixed, {})
+  todo_columns = [c for c in columns if any(not st.done((dataset, c[0], c[1], k, r))
+                                            for k in s.shots for r in range(s.repeats))]
+  ctx = Context(source, s.spec)
+  if todo_columns:
+    if any(b == "pretrained" for _, b in todo_columns):
+      backbone = backbone or make_backbone(s, meta_splits)
+      tag = f"{dataset}-{source.name}-{'synthetic' if source.synthetic else 'data'}"
+      ctx.pretrained_features = bb.features(backbone, source.crops, os.path.join(s.out, "cache"), tag)
+    test_classes = list(source_test_classes(meta_splits, dataset))
+    identities = _meta_learners(s, todo_columns, ctx, meta_splits, backbone, test_classes)
+    store.check_settings(s.out, dataset, fixed, identities)
+    predictors = {c: predictor(c[0], c[1], ctx) for c in todo_columns}
+    n = grid.run(source, todo_columns, predictors, st, shots=s.shots, repeats=s.repeats, seed=s.seed,
+                 progress=s.progress)
+  else:
+    n = 0
+  seconds = round(time.time() - start, 1)
+  store.log_run(s.out, {"command": command, "dataset": dataset, "cells": n, "seconds": seconds,
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))})
+  paths = report.write(s.out)
+  return {"cells": n, "seconds": seconds, "paths": paths}
+
+
+def source_test_classes(meta_splits, dataset: str):
+  """The meta-dataset's test class names (what meta-training must not have seen)."""
+  if dataset != "metadataset":
+    return ()
+  return meta_splits()["test"].class_names
