@@ -25,8 +25,9 @@ from maml_jax.models import build_model
 from maml_jax.train_step import init_state, make_mesh, make_train_step, replicate, shard_batch
 
 WORKLOADS = {
+    # remat: without it the 5 stored inner steps need ~30 GB on the CPU.
     "paper": Config(model="scratch7", image_size=64, ways=5, shots=20, queries=15, tasks=2,
-                    inner_steps=5, inner_lr=0.01),
+                    inner_steps=5, inner_lr=0.01, remat=True),
     "paper-lite": Config(model="scratch7", image_size=64, ways=5, shots=5, queries=5, tasks=2,
                          inner_steps=2, inner_lr=0.01),
     "omniglot": Config(model="conv4", image_size=28, ways=5, shots=1, queries=15, tasks=32,

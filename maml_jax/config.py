@@ -110,7 +110,7 @@ PRESETS: dict[str, Config] = {
     # CPU.  More queries per class than MAML's one give each meta-batch a less
     # noisy gradient, which matters more than the step count on a short budget.
     "default": _OMNIGLOT.replace(steps=1500, queries=5, meta_lr=3e-3, lr_schedule="cosine",
-                                 val_every=250, val_episodes=200, checkpoint_every=250, log_every=25),
+                                 val_every=100, val_episodes=200, checkpoint_every=250, log_every=25),
     "omniglot-5w1s": _OMNIGLOT.replace(queries=1),
     "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),
     "omniglot-20w1s": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
@@ -122,13 +122,13 @@ PRESETS: dict[str, Config] = {
     # hyper-parameters.
     "paper-scratch": Config(dataset="cifar100+tinyimagenet", image_size=64, channels=1, split_seed=0,
                             ways=5, shots=20, queries=15, eval_queries=15, tasks=2, model="scratch7",
-                            inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3,
+                            inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3, remat=True,
                             steps=10000, val_every=500, val_episodes=100, test_episodes=600,
                             checkpoint_every=250, log_every=10),
     "paper-pretrained": Config(dataset="cifar100+tinyimagenet", image_size=64, channels=1, split_seed=0,
                                ways=5, shots=20, queries=15, eval_queries=15, tasks=2, model="vgg16",
                                inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3,
-                               inner_mask="head", outer_mask="head",
+                               inner_mask="head", outer_mask="head", remat=True,
                                steps=10000, val_every=500, val_episodes=100, test_episodes=600,
                                checkpoint_every=250, log_every=10),
     # For tests: seconds on a CPU, synthetic data.

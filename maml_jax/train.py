@@ -142,9 +142,19 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
 
 def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int | None = None,
                      which: str = "best", progress: bool = True) -> dict:
-  """Evaluates a saved run on its meta-test classes (same episodes as training's final evaluation)."""
-  from maml_jax.checkpoints import load_trained
-  trained = load_trained(workdir, which)
+  """Evaluates a saved run on its meta-test classes (same episodes as training's final evaluation).
+
+  `which`: "best" or "latest" checkpoint, or "init" for the run's initialisation
+  before any meta-training (the baseline that meta-training must beat).
+  """
+  from maml_jax.checkpoints import Trained, load_trained, read_config
+  if which == "init":   # the same network without meta-training: the run's seed-0 initialisation
+    cfg = read_config(workdir)
+    model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+    state = init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels))
+    trained = Trained(cfg, state.meta_params, model, 0)
+  else:
+    trained = load_trained(workdir, which)
   cfg = trained.config
   splits = load_splits(cfg, workdir)
   mesh = make_mesh(cfg.tasks)

@@ -94,7 +94,7 @@ def make_train_step(model, cfg: Config, mesh):
     tx = make_optimizer(cfg, state.meta_params)
     updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return TrainState(state.step + 1, meta_params, opt_state), metrics
 
   return step

@@ -56,6 +56,12 @@ class FeatureHead(nn.Module):
     return MLPHead(self.hidden, self.ways, name="head")(x)
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def init_params(model, key, x):
+  """Random initial parameters of `model` for inputs like x (jitted once per model and shape)."""
+  return model.init(key, x)["params"]
+
+
 class Fit(NamedTuple):
   params: Any
   losses: jax.Array   # float32 [steps + 1]: support loss before each step and after the last
@@ -98,7 +104,7 @@ def fit_head(features, y, *, ways: int, key, steps: int = TRAIN_STEPS,
   """
   head = FeatureHead(ways)
   features = jnp.asarray(features, jnp.float32)
-  params = jax.jit(head.init)(key, features[:1])["params"]
+  params = init_params(head, key, features[:1])
   return head, train(head, params, features, jnp.asarray(y, jnp.int32), steps=steps, learning_rate=learning_rate)
 
 
@@ -115,7 +121,7 @@ def fit_network(model, x, y, *, key, steps: int = TRAIN_STEPS, learning_rate: fl
     x: float32 [n, H, W, C] in [0, 1]; y: int32 [n].
   """
   x = jnp.asarray(x, jnp.float32)
-  params = jax.jit(model.init)(key, x[:2])["params"]
+  params = init_params(model, key, x[:2])
   return train(model, params, x, jnp.asarray(y, jnp.int32), steps=steps, learning_rate=learning_rate)
 
 

@@ -53,7 +53,7 @@ def prototype_logits(support_f, support_y, query_f, *, ways: int, temperature: f
 
 
 def _probe_loss(params, f, y, l2):
-  logits = f @ params["w"] + params["b"]
+  logits = f @ params["w"] + params["b"][None]
   ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
   return ce + 0.5 * l2 * jnp.sum(jnp.square(params["w"]))
 
@@ -89,4 +89,4 @@ def fit_linear_probe(support_f, support_y, *, ways: int, l2: float = LINEAR_PROB
 @jax.jit
 def linear_probe_logits(params, query_f):
   """Logits float32 [m, ways] of query features [m, D]."""
-  return l2_normalise(query_f) @ params["w"] + params["b"]
+  return l2_normalise(query_f) @ params["w"] + params["b"][None]

@@ -8,7 +8,9 @@ def add_parser(sub):
   p.add_argument("--workdir", required=True, help="a meta-train workdir")
   p.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's test_episodes)")
   p.add_argument("--inner-steps", type=int, default=None, help="inner steps (default: the run's eval_inner_steps)")
-  p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  p.add_argument("--checkpoint", choices=("best", "latest", "init"), default="best",
+                 help="which parameters: the best or latest checkpoint, or 'init' = the same network "
+                      "without meta-training (its initialisation), on the same episodes")
   p.add_argument("--no-progress", action="store_true")
   p.set_defaults(func=main)
 

@@ -138,6 +138,24 @@ def settings_from_args(args):
                   head_steps=args.head_steps, progress=not args.no_progress)
 
 
+def _user_errors() -> tuple:
+  """Errors that describe bad input or missing data (shown as one message, no traceback)."""
+  from data.metadataset import MetaDatasetError
+  from data.tinyimagenet import NotPreparedError as TinyNotPrepared, TinyImagenetError
+  from maml_jax.checkpoints import IncompatibleRunError
+  from maml_jax.experiment.meta_runs import LeakError
+  from maml_jax.experiment.store import SettingsMismatchError
+  from maml_jax.smi.errors import SMIDataError
+  errors = (MetaDatasetError, TinyNotPrepared, TinyImagenetError, IncompatibleRunError, LeakError,
+            SettingsMismatchError, SMIDataError, FileNotFoundError)
+  try:
+    from data.cifar100 import Cifar100Error, NotPreparedError as CifarNotPrepared
+    errors += (Cifar100Error, CifarNotPrepared)
+  except ImportError:
+    pass
+  return errors
+
+
 def main(args) -> int:
   from maml_jax.experiment import paper, runner
   try:
@@ -152,7 +170,11 @@ def main(args) -> int:
       print("=" * 78 + "\nSMI tables on the SYNTHETIC demo data (generated drawings, not X-rays): the numbers "
             "say\nnothing about clinical accuracy.  Pass --smi-data DIR for real data.\n" + "=" * 78,
             file=sys.stderr)
-    r = runner.execute(s, dataset, command=command)
+    try:
+      r = runner.execute(s, dataset, command=command)
+    except _user_errors() as e:
+      print(f"experiment (table {'2' if dataset == 'metadataset' else '3/4'}): {e}", file=sys.stderr)
+      return 2
     print(f"{dataset}: {r['cells']} new cells in {r['seconds']:.0f} s")
   print(f"wrote {s.out}/report.md (tables, plots, results.json beside it)")
   return 0

@@ -115,7 +115,7 @@ def predictor(method: str, backbone: str, ctx: Context) -> Predictor:
 
   def simple_scratch(t, key):
     sx, qx = ctx.images(t.support), ctx.images(t.query)
-    params = jax.jit(model.init)(key, sx[:2])["params"]   # the same random network base/scratch starts from
+    params = bl.init_params(model, key, sx[:2])   # the same random network base/scratch starts from
     fs, fq = random_features(model, params, sx, qx)
     return _simple(method, fs, t.support_y, fq, ways)
   return simple_scratch

@@ -20,20 +20,22 @@ def accuracy_vs_shots(summary: dict, dataset: str, title: str, path: str) -> Non
   """Mean accuracy (error bars: 95% CI) against shots, one line per column;
   the paper's numbers as dotted lines with crosses in the same colour."""
   acc = summary["accuracy"]
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  fig, ax = plt.subplots(figsize=(9.5, 4.8))
   columns = paper.column_order([(m, b) for m, b, _ in acc])
-  for m, b in columns:
+  for i, (m, b) in enumerate(columns):
     ks = sorted(k for mm, bb, k in acc if (mm, bb) == (m, b))
     mean = [acc[(m, b, k)]["mean"] for k in ks]
     ci = [0.0 if not np.isfinite(acc[(m, b, k)]["ci95"]) else acc[(m, b, k)]["ci95"] for k in ks]
     ls, mk = _STYLE[b]
-    ax.errorbar(ks, mean, yerr=ci, color=_COLORS[m], linestyle=ls, marker=mk, capsize=3,
+    shift = 0.12 * (i - (len(columns) - 1) / 2)   # side by side, so the error bars stay readable
+    ax.errorbar(np.asarray(ks) + shift, mean, yerr=ci, color=_COLORS[m], linestyle=ls, marker=mk, capsize=3,
                 label=paper.column_label(m, b))
-    ref = paper.PAPER_TABLES[dataset]
+  ref = paper.PAPER_TABLES[dataset]
+  for m, b in paper.PAPER_COLUMNS:
     pk = [k for k in sorted(ref) if (m, b) in ref[k]]
-    if pk:
-      ax.plot(pk, [ref[k][(m, b)] for k in pk], color=_COLORS[m], linestyle=":", marker="x", alpha=0.7,
-              label=f"paper: {paper.column_label(m, b)}")
+    ax.plot(pk, [ref[k][(m, b)] for k in pk], color=_COLORS[m], linestyle=":", alpha=0.6,
+            marker="x" if b == "pretrained" else "+", markersize=8, label=f"paper: {paper.column_label(m, b)}")
+  ax.set_xticks(sorted({k for _, _, k in acc} | set(ref)))
   ways = 5
   ax.axhline(100.0 / ways, color="gray", linewidth=0.8, linestyle="-.", label="chance")
   ax.set_xlabel("support images per class (shots)")
@@ -41,7 +43,7 @@ def accuracy_vs_shots(summary: dict, dataset: str, title: str, path: str) -> Non
   ax.set_title(title, fontsize=10)
   ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2, loc="best")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   files.save_figure(fig, path, dpi=120)
   plt.close(fig)

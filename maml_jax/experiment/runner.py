@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -162,6 +163,11 @@ def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, te
       if test_classes is not None:
         meta_runs.check_disjoint(workdir, test_classes)
       learner = load_learner(workdir)
+      c = learner.config
+      if (c.model, c.width, c.image_size) != (s.spec.model, s.spec.width, s.spec.image_size):
+        print(f"note: {workdir} holds {c.model} width {c.width} at {c.image_size}px; base/ncm/linprobe "
+              f"scratch use {s.spec.model} width {s.spec.width} at {s.spec.image_size}px (--scratch-model, "
+              f"--width, --image-size): the scratch columns compare different networks", file=sys.stderr)
       step = _trained_step(workdir)
       ctx.learners[(method, "scratch")] = learner
       identities[f"{method}/scratch"] = meta_runs.identity(workdir, step)

@@ -1,0 +1,225 @@
+"""The experiment grid: shared episodes, resumption, tables, settings guard."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maml_jax.data_sources import synthetic_classes
+from maml_jax.experiment import backbones as bb
+from maml_jax.experiment import grid, paper, runner, sources, store, tables
+from maml_jax.smi import synthetic
+
+SIZE = 12
+
+
+@pytest.fixture(scope="module")
+def splits():
+  return {n: synthetic_classes(8, 12, SIZE, 1, 100 + i) for i, n in enumerate(("train", "val", "test"))}
+
+
+@pytest.fixture(scope="module")
+def projection():
+  """A fixed random projection of the pixels as a stand-in pretrained backbone."""
+  w = jax.random.normal(jax.random.key(0), (SIZE * SIZE, 16)) / SIZE
+  return bb.Backbone("test-projection", jax.jit(lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w)), "test")
+
+
+def settings(out, **kw):
+  meta = dict(shots=2, queries=3, eval_queries=3, tasks=2, inner_steps=1, eval_inner_steps=2, inner_lr=0.1,
+              val_every=2, val_episodes=2, test_episodes=2, checkpoint_every=2, log_every=1)
+  base = dict(out=str(out), shots=(1, 2), repeats=2, queries=3, spec=bb.NetSpec("tiny", 1.0, SIZE, 1),
+              dataset="synthetic", data_size=SIZE, meta_steps=2, head_steps=2,
+              meta_overrides=tuple(sorted(meta.items())), progress=False)
+  base.update(kw)
+  return runner.Settings(**base)
+
+
+def source_of(splits, seed=0):
+  return sources.metadataset_source(splits["test"], ways=5, queries=3, seed=seed, description="SYNTHETIC test")
+
+
+def test_draws_are_deterministic_and_seeded(splits):
+  a, b, c = source_of(splits, 0), source_of(splits, 0), source_of(splits, 1)
+  assert a.draw(2, 1).digest() == b.draw(2, 1).digest()
+  assert a.draw(2, 1).digest() != a.draw(2, 0).digest()
+  assert a.draw(2, 1).digest() != c.draw(2, 1).digest()
+  d = a.draw(2, 1)
+  assert not set(d.support) & set(d.query)
+  assert d.support_y.tolist() == np.repeat(np.arange(5), 2).tolist()
+
+
+def test_every_column_gets_the_same_episode(tmp_path, splits):
+  src = source_of(splits)
+  seen = {}
+
+  def spy(column):
+    def predict(task, key):
+      seen.setdefault((len(task.support) // 5, column), []).append((task, np.asarray(jax.random.key_data(key))))
+      return np.full((len(task.query), 5), 0.2)
+    return predict
+
+  columns = [("base", "pretrained"), ("base", "scratch"), ("meta", "scratch"), ("ncm", "pretrained")]
+  st = store.ResultsStore(str(tmp_path))
+  grid.run(src, columns, {c: spy(c) for c in columns}, st, shots=(1, 2), repeats=2, seed=0, progress=False)
+  for k in (1, 2):
+    for r in range(2):
+      draw = src.draw(k, r)
+      for c in columns:
+        task, key = seen[(k, c)][r]
+        np.testing.assert_array_equal(task.support, draw.support)
+        np.testing.assert_array_equal(task.support_y, draw.support_y)
+        np.testing.assert_array_equal(task.query, draw.query)
+        np.testing.assert_array_equal(key, seen[(k, columns[0])][r][1])
+  digests = {}
+  for rec in st.records:
+    digests.setdefault((rec["shots"], rec["repeat"]), set()).add(rec["episode"])
+  assert all(len(v) == 1 for v in digests.values()) and len(digests) == 4
+
+
+def test_baselines_and_meta_learning_share_episodes_end_to_end(tmp_path, splits, projection):
+  """The real columns, meta-learned ones included (meta-trained here, tiny)."""
+  kw = dict(source=source_of(splits), backbone=projection, meta_splits_override=splits)
+  # one folder, three runs (columns are added to the store): second-order MAML of a head on
+  # frozen features, first-order MAML of the scratch network (meta-trained here: first order
+  # compiles in half the time), and base learning
+  for methods, backbones in ((("meta",), ("pretrained",)), (("fomaml",), ("scratch",)), (("base",), ("pretrained",))):
+    runner.execute(settings(tmp_path, shots=(2,), repeats=1, methods=methods, backbones=backbones, meta_steps=1),
+                   "metadataset", **kw)
+  recs = store.ResultsStore(str(tmp_path)).records
+  assert sorted((x["method"], x["backbone"]) for x in recs) == [
+      ("base", "pretrained"), ("fomaml", "scratch"), ("meta", "pretrained")]
+  assert {x["episode"] for x in recs} == {source_of(splits).draw(2, 0).digest()}
+  assert all(0.0 <= x["accuracy"] <= 1.0 and x["queries"] == 15 for x in recs)
+  config = json.loads((tmp_path / "meta-train" / "fomaml-scratch" / "config.json").read_text())
+  assert config["first_order"] and config["model"] == "tiny" and config["steps"] == 1
+  report = (tmp_path / "report.md").read_text()
+  assert "FOMAML scratch" in report and "(paper 80.0)" not in report   # 2 shots: no paper number
+  assert (tmp_path / "accuracy_vs_shots_metadataset.png").stat().st_size > 1000
+
+
+CHEAP = dict(methods=("base", "ncm", "linprobe"), backbones=("pretrained",))
+
+
+def _table(out):
+  return (out / "table2.md").read_text()
+
+
+def _cells(out):
+  recs = store.ResultsStore(str(out)).records
+  return sorted((store.cell_key(r), r["accuracy"], r["episode"]) for r in recs)
+
+
+def test_resumed_experiment_equals_uninterrupted(tmp_path, splits, projection, monkeypatch):
+  full, part = tmp_path / "full", tmp_path / "part"
+  kw = dict(source=source_of(splits), backbone=projection, meta_splits_override=splits)
+  runner.execute(settings(full, **CHEAP), "metadataset", **kw)
+  # a first run over a subset (one shot count, one repeat) ...
+  runner.execute(settings(part, **CHEAP, shots=(2,), repeats=1), "metadataset", **kw)
+  # ... then the whole grid, killed after 4 more cells ...
+  real, calls = runner.predictor, []
+
+  def dying(method, backbone, ctx):
+    fn = real(method, backbone, ctx)
+
+    def predict(task, key):
+      if len(calls) == 4:
+        raise KeyboardInterrupt
+      calls.append(1)
+      return fn(task, key)
+    return predict
+
+  monkeypatch.setattr(runner, "predictor", dying)
+  with pytest.raises(KeyboardInterrupt):
+    runner.execute(settings(part, **CHEAP), "metadataset", **kw)
+  monkeypatch.undo()
+  for line in open(part / store.RESULTS):
+    json.loads(line)                                   # no half-written line
+  assert len(store.ResultsStore(str(part)).records) == 3 + 4
+  # ... and started again: only the missing cells are computed.
+  r = runner.execute(settings(part, **CHEAP), "metadataset", **kw)
+  assert r["cells"] == 12 - 7
+  assert _cells(part) == _cells(full)
+  assert _table(part) == _table(full)
+
+
+def test_changed_settings_are_refused(tmp_path, splits, projection):
+  kw = dict(source=source_of(splits), backbone=projection, meta_splits_override=splits)
+  runner.execute(settings(tmp_path, methods=("ncm",), shots=(1,), repeats=1), "metadataset", **kw)
+  with pytest.raises(store.SettingsMismatchError, match="queries_per_class"):
+    runner.execute(settings(tmp_path, methods=("ncm",), shots=(1,), repeats=1, queries=4), "metadataset",
+                   source=sources.metadataset_source(splits["test"], ways=5, queries=4, seed=0, description="SYNTHETIC test"),
+                   backbone=projection, meta_splits_override=splits)
+
+
+def hand_records():
+  recs = []
+  for rep, (a, b) in enumerate([(0.5, 0.2), (0.7, 0.4), (0.6, 0.3)]):
+    recs.append({"dataset": "metadataset", "method": "base", "backbone": "pretrained", "shots": 5, "repeat": rep,
+                 "accuracy": a})
+    recs.append({"dataset": "metadataset", "method": "ncm", "backbone": "scratch", "shots": 5, "repeat": rep,
+                 "accuracy": b})
+  recs.append({"dataset": "metadataset", "method": "meta", "backbone": "scratch", "shots": 20, "repeat": 0,
+               "accuracy": 0.8125})
+  recs.append({"dataset": "smi", "method": "meta", "backbone": "scratch", "shots": 20, "repeat": 0,
+               "accuracy": 0.1})
+  return recs
+
+
+def test_table_writer_by_hand():
+  summary = tables.summarise(hand_records(), "metadataset")
+  lines = tables.accuracy_table(summary, "metadataset").splitlines()
+  assert lines[0] == ("| shots | Base pre-trained | Base scratch | Meta pre-trained | Meta scratch | "
+                      "NCM (cosine) scratch |")
+  assert lines[1] == "| ---: | --- | --- | --- | --- | --- |"
+  # mean 60.0, sd 10.0, n 3: t(0.975, 2) = 4.3027 -> half-width 24.8
+  assert lines[2] == ("| 5 | 60.0 ± 24.8 (paper 51.9) | – (paper 27.3) | – (paper 73.3) | – (paper 53.3) | "
+                      "30.0 ± 24.8 |")
+  assert lines[3] == "| 20 | – (paper 69.3) | – (paper 35.9) | – (paper 81.9) | 81.2 (paper 80.0) | – |"
+  assert len(lines) == 4
+
+
+def test_roi_table_and_vote_scores_by_hand():
+  # 2 query images, 3 ROIs, 2 classes; image 0 (class 0): ROIs say 0, 0, 1; image 1 (class 1): 0, 1, 1
+  probs = np.array([[[.9, .1], [.6, .4], [.2, .8]], [[.7, .3], [.4, .6], [.1, .9]]]).reshape(6, 2)
+  s = grid.score(probs, np.array([0, 1]), rois=3)
+  assert s["accuracy"] == 1.0 and s["roi_accuracy"] == [0.5, 1.0, 0.5]
+  recs = [{"dataset": "smi", "method": "meta", "backbone": "scratch", "shots": 5, "repeat": 0, **s}]
+  lines = tables.roi_table(tables.summarise(recs, "smi"), ("a", "b", "c"), 5).splitlines()
+  assert lines[0] == "| ROI | paper | Meta scratch |"
+  assert lines[2] == "| ROI1 (a) | 63.0 | 50.0 |"
+  assert lines[3] == "| ROI2 (b) | 45.9 | 100.0 |"
+  assert lines[5] == "| 3-ROI vote | – | 100.0 |"
+
+
+def test_store_rejects_duplicates_and_broken_lines(tmp_path):
+  st = store.ResultsStore(str(tmp_path))
+  rec = {"dataset": "smi", "method": "ncm", "backbone": "scratch", "shots": 5, "repeat": 0, "accuracy": 0.5}
+  st.add(rec)
+  with pytest.raises(ValueError, match="already"):
+    st.add(dict(rec))
+  with open(tmp_path / store.RESULTS, "a") as f:
+    f.write('{"dataset": "smi", "meth\n')
+  with pytest.raises(ValueError, match="results.jsonl:2"):
+    store.ResultsStore(str(tmp_path))
+
+
+def test_smi_source_uses_the_trial_draws():
+  data = synthetic.generate(0).take(np.arange(0, 865, 3))   # a third of the SYNTHETIC demo, all classes
+  src = sources.smi_source(data, queries=3, seed=0)
+  from maml_jax.smi import trials
+  t = trials.draw_trial(data.label, 5, 2, 3, seed=0, trial=1, patient_id=data.patient_id)
+  d = src.draw(2, 1)
+  np.testing.assert_array_equal(d.support, t.support)
+  np.testing.assert_array_equal(d.query, t.query)
+  rows = src.crop_rows(d.support[:1])
+  np.testing.assert_array_equal(src.crops[rows][..., 0], data.rois[d.support[0]])
+  assert src.synthetic and src.rois == 6
+
+
+def test_paper_numbers_match_the_paper():
+  assert paper.PAPER_TABLE2[20][("meta", "scratch")] == 80.0
+  assert paper.PAPER_TABLE3[5][("base", "scratch")] == 23.1
+  assert paper.PAPER_TABLE4[3] == 69.9
