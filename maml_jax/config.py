@@ -109,7 +109,7 @@ PRESETS: dict[str, Config] = {
     # The default: Omniglot 5-way 1-shot sized for about 10 minutes on a 2-core
     # CPU.  More queries per class than MAML's one give each meta-batch a less
     # noisy gradient, which matters more than the step count on a short budget.
-    "default": _OMNIGLOT.replace(steps=1500, queries=5, meta_lr=3e-3, lr_schedule="cosine",
+    "default": _OMNIGLOT.replace(steps=1200, queries=5, meta_lr=3e-3, lr_schedule="cosine",
                                  val_every=100, val_episodes=200, checkpoint_every=250, log_every=25),
     "omniglot-5w1s": _OMNIGLOT.replace(queries=1),
     "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),

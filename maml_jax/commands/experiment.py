@@ -21,6 +21,7 @@ table4.md, accuracy-vs-shots plots, results.json and report.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -101,9 +102,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   d = p.add_argument_group("data")
   d.add_argument("--dataset", default="tinyimagenet",
                  help="meta-dataset: '+'-joined cifar100, tinyimagenet (default tinyimagenet; the paper uses "
-                      "cifar100+tinyimagenet), or omniglot, synthetic")
+                      "cifar100+tinyimagenet; also omniglot, folder), or omniglot, synthetic")
   d.add_argument("--data-dir", default="", help="TFDS data directory of the prepared datasets")
   d.add_argument("--manual-dir", default=None, help="prepare unprepared datasets from the archives here")
+  d.add_argument("--image-folder", default="", metavar="DIR",
+                 help="root/<class>/<images> for the 'folder' dataset (your own images)")
   d.add_argument("--split-seed", type=int, default=0, help="class split seed (default 0, as the paper presets)")
   d.add_argument("--smi-data", metavar="DIR", help="SMI shard folder from prepare-smi (default: SYNTHETIC demo data)")
   d.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic SMI demo data (default 0)")
@@ -127,11 +130,20 @@ def settings_from_args(args):
       raise ValueError(f"--meta-workdir {item!r}: expected METHOD=DIR with METHOD meta, fomaml or anil")
     workdirs[method] = path
   pretrained = args.pretrained or ("vgg16" if args.vgg16_weights else "efficientnet")
+  if pretrained == "vgg16" and not args.vgg16_weights:
+    raise ValueError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or Keras "
+                     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5); none is downloaded")
+  if args.vgg16_weights and not os.path.isfile(args.vgg16_weights):
+    raise ValueError(f"--vgg16-weights {args.vgg16_weights}: no such file")
+  if args.feature_size < 32 or args.image_size < 8:
+    raise ValueError(f"--feature-size must be >= 32 (got {args.feature_size}) and --image-size >= 8 "
+                     f"(got {args.image_size})")
   return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
                   methods=args.methods, backbones=args.backbones, pretrained=pretrained,
                   vgg16_weights=args.vgg16_weights, feature_size=args.feature_size,
                   spec=NetSpec(args.scratch_model, args.width, args.image_size, 1),
                   dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                  image_folder=args.image_folder,
                   split_seed=args.split_seed, smi_data=args.smi_data, demo_seed=args.demo_seed,
                   meta_workdirs=tuple(sorted(workdirs.items())), meta_steps=args.meta_steps,
                   meta_overrides=tuple(sorted(meta_runs.parse_overrides(args.meta_set).items())),

@@ -29,13 +29,15 @@ class LeakError(ValueError):
 
 
 def scratch_config(method: str, *, dataset: str, data_dir: str, split_seed: int, spec, seed: int,
-                   steps: Optional[int], overrides: dict[str, Any]) -> Config:
+                   steps: Optional[int], overrides: dict[str, Any], manual_dir: str = "",
+                   image_folder: str = "") -> Config:
   """The `paper-scratch` preset for one variant, on the experiment's data and network."""
   if method not in VARIANT_FLAGS:
     raise ValueError(f"no meta-learning variant {method!r}; choose from {sorted(VARIANT_FLAGS)}")
   cfg = get_preset("paper-scratch").replace(
-      dataset=dataset, data_dir=data_dir, split_seed=split_seed, model=spec.model, width=spec.width,
-      image_size=spec.image_size, channels=spec.channels, seed=seed, **VARIANT_FLAGS[method])
+      dataset=dataset, data_dir=data_dir, manual_dir=manual_dir, image_folder=image_folder,
+      split_seed=split_seed, model=spec.model, width=spec.width, image_size=spec.image_size,
+      channels=spec.channels, seed=seed, **VARIANT_FLAGS[method])
   if steps is not None:
     cfg = cfg.replace(steps=steps)
   return cfg.replace(**overrides).validate()

@@ -32,7 +32,8 @@ from maml_jax.experiment.sources import TaskSource, metadataset_source, smi_sour
 WAYS = 5   # the paper's 5-way tasks; the SMI data bring their own class count
 # Meta-train settings that describe the scratch network or its data, not the
 # episodes and loops: `--meta-set` overrides of these do not apply to the heads.
-NETWORK_FIELDS = ("model", "width", "image_size", "channels", "dataset", "data_dir", "conv_impl", "steps")
+NETWORK_FIELDS = ("model", "width", "image_size", "channels", "dataset", "data_dir", "manual_dir", "image_folder",
+                  "conv_impl", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Settings:
   dataset: str = "tinyimagenet"
   data_dir: str = ""
   manual_dir: Optional[str] = None
+  image_folder: str = ""
   split_seed: int = 0
   data_size: int = 64
   smi_data: Optional[str] = None
@@ -67,19 +69,14 @@ class Settings:
 
 
 def load_meta_splits(s: Settings) -> dict:
-  """The meta-dataset's {'train','val','test'} ClassImages at data_size, grayscale."""
+  """The meta-dataset's {'train','val','test'} ClassImages at data_size, grayscale
+  (the class split lives in `<out>/data/splits.json`)."""
   from maml_jax.config import Config
   from maml_jax.data_sources import load_splits
-  workdir = os.path.join(s.out, "data")
-  if s.dataset in ("omniglot", "synthetic"):
-    cfg = Config(dataset=s.dataset, data_dir=s.data_dir, image_size=s.data_size, channels=1,
-                 split_seed=s.split_seed, ways=WAYS, shots=max(s.shots), queries=s.queries,
-                 eval_queries=s.queries)
-    return load_splits(cfg, workdir)
-  from data import metadataset
-  return metadataset.load_meta_dataset(s.dataset.split("+"), image_size=s.data_size, channels=1, workdir=workdir,
-                                       split_seed=s.split_seed, tfds_data_dir=s.data_dir or None,
-                                       manual_dir=s.manual_dir)
+  cfg = Config(dataset=s.dataset, data_dir=s.data_dir, manual_dir=s.manual_dir or "", image_folder=s.image_folder,
+               image_size=s.data_size, channels=1, split_seed=s.split_seed, ways=WAYS, shots=max(s.shots),
+               queries=s.queries, eval_queries=s.queries)
+  return load_splits(cfg, os.path.join(s.out, "data"))
 
 
 def load_source(s: Settings, dataset: str, meta_splits) -> TaskSource:
@@ -157,8 +154,9 @@ def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, te
       workdir = given.get(method)
       if workdir is None:
         meta_splits()   # prepares the data (manual_dir) before the engine reads it
-        cfg = meta_runs.scratch_config(method, dataset=s.dataset, data_dir=s.data_dir, split_seed=s.split_seed,
-                                       spec=s.spec, seed=s.seed, steps=s.meta_steps, overrides=overrides)
+        cfg = meta_runs.scratch_config(method, dataset=s.dataset, data_dir=s.data_dir, manual_dir=s.manual_dir or "",
+                                       image_folder=s.image_folder, split_seed=s.split_seed, spec=s.spec,
+                                       seed=s.seed, steps=s.meta_steps, overrides=overrides)
         workdir = meta_runs.ensure_trained(cfg, os.path.join(s.out, "meta-train", f"{method}-scratch"), s.progress)
       if test_classes is not None:
         meta_runs.check_disjoint(workdir, test_classes)
@@ -212,7 +210,7 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
   if todo_columns:
     if any(b == "pretrained" for _, b in todo_columns):
       backbone = backbone or make_backbone(s, meta_splits)
-      tag = f"{dataset}-{source.name}-{'synthetic' if source.synthetic else 'data'}"
+      tag = f"{source.name}-{'synthetic' if source.synthetic else 'data'}"
       ctx.pretrained_features = bb.features(backbone, source.crops, os.path.join(s.out, "cache"), tag)
     test_classes = list(source_test_classes(meta_splits, dataset))
     identities = _meta_learners(s, todo_columns, ctx, meta_splits, backbone, test_classes)
