@@ -98,19 +98,20 @@ def batch_stats_norm(x, scale, bias, stat_mask=None, eps=1e-5):
       depend on the other queries).
   """
   axes = tuple(range(x.ndim - 1))
+  per_channel = (1,) * (x.ndim - 1) + (-1,)
   if stat_mask is None:
-    mean = x.mean(axes)
-    var = jnp.square(x - mean).mean(axes)
+    mean = x.mean(axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axes, keepdims=True)
   else:
     w = stat_mask.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
     n = w.sum() * (x[0].size // x.shape[-1])
-    mean = (x * w).sum(axes) / n
-    var = (jnp.square(x - mean) * w).sum(axes) / n
+    mean = (x * w).sum(axes, keepdims=True) / n
+    var = (jnp.square(x - mean) * w).sum(axes, keepdims=True) / n
   y = (x - mean) * lax.rsqrt(var + eps)
   if scale is not None:
-    y = y * scale
+    y = y * scale.reshape(per_channel)
   if bias is not None:
-    y = y + bias
+    y = y + bias.reshape(per_channel)
   return y
 
 
@@ -127,7 +128,7 @@ class Conv(nn.Module):
     k = self.param("kernel", nn.initializers.he_normal(),
                    (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
     b = self.param("bias", nn.initializers.zeros, (self.features,))
-    return conv2d(x, k, stride=self.stride, padding=self.padding, impl=self.impl) + b
+    return conv2d(x, k, stride=self.stride, padding=self.padding, impl=self.impl) + b.reshape(1, 1, 1, -1)
 
 
 class BatchStatNorm(nn.Module):
