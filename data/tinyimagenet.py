@@ -27,6 +27,7 @@ back with `tfds.data_source` (random access, no TensorFlow).
 """
 from __future__ import annotations
 
+import glob
 import io
 import os
 import zipfile
@@ -122,12 +123,20 @@ class _FolderArchive(_Archive):
 
 
 def open_release(manual_dir: str) -> _Archive:
-  """Finds `tiny-imagenet-200.zip` or `tiny-imagenet-200/` in `manual_dir` (or
-  accepts `manual_dir` itself when it is the extracted release)."""
+  """Finds `tiny-imagenet-200.zip` (or a single `tiny-imagenet-200*.zip`, such
+  as a `-mini` subset) or `tiny-imagenet-200/` in `manual_dir` (or accepts
+  `manual_dir` itself when it is the extracted release)."""
   zip_path = os.path.join(manual_dir, ARCHIVE)
   folder = os.path.join(manual_dir, FOLDER)
   if os.path.isfile(zip_path):
     return _ZipArchive(zip_path)
+  # A renamed subset of the release (e.g. tiny-imagenet-200-mini.zip), when it is the only one.
+  variants = sorted(glob.glob(os.path.join(glob.escape(manual_dir), "tiny-imagenet-200*.zip")))
+  if len(variants) > 1:
+    raise TinyImagenetError(f"{manual_dir} holds several Tiny ImageNet archives and no {ARCHIVE}: "
+                            f"{', '.join(os.path.basename(v) for v in variants)}; keep one")
+  if variants:
+    return _ZipArchive(variants[0])
   if os.path.isdir(folder):
     return _FolderArchive(folder)
   if os.path.isfile(os.path.join(manual_dir, "wnids.txt")):  # pointed at the extracted folder itself

@@ -8,6 +8,8 @@
 * 64-bit floats are opt-in per test (the `x64` fixture), for gradient checks
   that need more precision than float32 gives.
 """
+import atexit
+import shutil
 import tempfile
 
 import jax
@@ -15,8 +17,11 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "warn")
 # Many tests compile the same small steps: a per-run compilation cache turns
-# the repeats into cache hits (tens of seconds each on a 2-core CPU).
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="maml_jax_test_cache_"))
+# the repeats into cache hits (tens of seconds each on a 2-core CPU).  It is
+# removed when the run ends.
+_CACHE_DIR = tempfile.mkdtemp(prefix="maml_jax_test_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

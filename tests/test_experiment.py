@@ -1,6 +1,5 @@
 """The experiment grid: shared episodes, resumption, tables, settings guard."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -147,11 +146,22 @@ def test_resumed_experiment_equals_uninterrupted(tmp_path, splits, projection, m
 
 def test_changed_settings_are_refused(tmp_path, splits, projection):
   kw = dict(source=source_of(splits), backbone=projection, meta_splits_override=splits)
-  runner.execute(settings(tmp_path, methods=("ncm",), shots=(1,), repeats=1), "metadataset", **kw)
+  one = dict(methods=("ncm",), backbones=("pretrained",), shots=(1,), repeats=1)
+  runner.execute(settings(tmp_path, **one), "metadataset", **kw)
   with pytest.raises(store.SettingsMismatchError, match="queries_per_class"):
-    runner.execute(settings(tmp_path, methods=("ncm",), shots=(1,), repeats=1, queries=4), "metadataset",
+    runner.execute(settings(tmp_path, **one, queries=4), "metadataset",
                    source=sources.metadataset_source(splits["test"], ways=5, queries=4, seed=0, description="SYNTHETIC test"),
                    backbone=projection, meta_splits_override=splits)
+
+
+def test_changed_code_is_refused(tmp_path, splits, projection, monkeypatch):
+  kw = dict(source=source_of(splits), backbone=projection, meta_splits_override=splits)
+  one = dict(methods=("ncm",), backbones=("pretrained",), shots=(1,), repeats=1)
+  runner.execute(settings(tmp_path, **one), "metadataset", **kw)
+  runner.execute(settings(tmp_path, **dict(one, repeats=2)), "metadataset", **kw)      # same code: resumes
+  monkeypatch.setattr(runner, "code_fingerprint", lambda: "edited")
+  with pytest.raises(store.SettingsMismatchError, match="code"):
+    runner.execute(settings(tmp_path, **dict(one, repeats=3)), "metadataset", **kw)
 
 
 def hand_records():
@@ -223,3 +233,35 @@ def test_paper_numbers_match_the_paper():
   assert paper.PAPER_TABLE2[20][("meta", "scratch")] == 80.0
   assert paper.PAPER_TABLE3[5][("base", "scratch")] == 23.1
   assert paper.PAPER_TABLE4[3] == 69.9
+
+
+def _parse(argv):
+  import argparse
+  from maml_jax.commands import experiment
+  p = argparse.ArgumentParser()
+  experiment.add_parser(p.add_subparsers())
+  return p.parse_args(["experiment"] + argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--table", "5"], "--table 5"),
+    (["--meta-workdir", "maml=runs/x"], "METHOD=DIR"),
+    (["--pretrained", "vgg16"], "--vgg16-weights"),
+    (["--meta-set", "inner_steps=two"], "inner_steps takes an integer"),
+    (["--meta-set", "nonsense=1"], "FIELD=VALUE"),
+])
+def test_bad_command_lines_say_what_is_wrong(argv, message, capsys):
+  from maml_jax.commands import experiment
+  assert experiment.main(_parse(argv)) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_command_line_settings():
+  from maml_jax.commands import experiment
+  s = experiment.settings_from_args(_parse(["--table", "3,4", "--shots", "5,20", "--methods", "ncm,meta",
+                                            "--workdir", "w1", "--meta-workdir", "anil=w2", "--meta-set",
+                                            "shots=5", "--width", "0.5"]))
+  assert s.shots == (5, 20) and s.methods == ("ncm", "meta") and s.pretrained == "efficientnet"
+  assert dict(s.meta_workdirs) == {"meta": "w1", "anil": "w2"}
+  assert dict(s.meta_overrides) == {"shots": 5} and s.spec.width == 0.5
+  assert s.columns()[0] == ("meta", "pretrained")

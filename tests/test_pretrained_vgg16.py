@@ -119,7 +119,7 @@ def test_wrong_file_contents_are_reported(tmp_path):
 
 
 def _conv(x, k, b):
-  return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b.reshape(1, 1, 1, -1)
 
 
 @pytest.mark.parametrize("in_channels", [3, 1])

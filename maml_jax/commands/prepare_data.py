@@ -40,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--data-dir", metavar="DIR", default=None,
                  help="TFDS data directory to build into (default: $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets); pass the same --data-dir to later commands")
+  p.set_defaults(func=main)
   return p
 
 

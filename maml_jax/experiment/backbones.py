@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax

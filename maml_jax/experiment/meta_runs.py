@@ -63,7 +63,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
       else:
         out[name] = {"int": int, "float": float, "str": str}[typ](value)
     except ValueError:
-      raise ValueError(f"--meta-set {item!r}: {name} takes a {typ}, got {value!r}") from None
+      kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(typ, "text")
+      raise ValueError(f"--meta-set {item!r}: {name} takes {kind}, got {value!r}") from None
   return out
 
 

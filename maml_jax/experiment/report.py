@@ -75,7 +75,7 @@ def comparisons(summary: dict) -> list[str]:
                    + _versus(paper.column_label(*bs), at[bs], paper.column_label(*bl), at[bl]))
     best = max(at, key=lambda c: at[c]["mean"])
     lines.append(f"highest mean: {paper.column_label(*best)} ({_fmt(at[best])})")
-    out.append(f"- **{k} shots**: " + "; ".join(lines[:-1] + [lines[-1]]) + ".")
+    out += [f"- **{k} shots**"] + [f"  - {line}" for line in lines]
   return out
 
 

@@ -16,12 +16,12 @@ Table 2, "smi" for Tables 3 and 4) into `settings.out`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sys
 import time
 from typing import Any, Optional
 
-import numpy as np
 
 from maml_jax.baselines import base_learning, simple
 from maml_jax.experiment import backbones as bb
@@ -112,9 +112,32 @@ def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
   raise ValueError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
 
 
+# The modules whose code computes a cell's number.  Training from random
+# initialisation amplifies any change in floating-point rounding (an op
+# reordered, a fusion changed), so cells computed by other code are not mixed.
+CODE_FILES = ("episodes.py", "maml.py", "models", "baselines", "pretrained/efficientnet_lite0.py",
+              "pretrained/vgg16_weights.py", "pretrained/supervised.py", "smi/learner.py", "smi/trials.py",
+              "smi/voting.py", "experiment/methods.py", "experiment/backbones.py", "experiment/feature_meta.py",
+              "experiment/grid.py", "experiment/sources.py")
+
+
+def code_fingerprint() -> str:
+  """sha1 (12 hex digits) of the source of CODE_FILES."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  h = hashlib.sha1()
+  for name in CODE_FILES:
+    path = os.path.join(root, name)
+    paths = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py")) if os.path.isdir(path) else [path]
+    for p in paths:
+      h.update(os.path.relpath(p, root).encode())
+      with open(p, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()[:12]
+
+
 def fixed_settings(s: Settings, source: TaskSource) -> dict:
   """What decides every cell's number (checked on resume)."""
-  return {"data": source.description, "synthetic": source.synthetic, "roi_names": list(source.roi_names),
+  return {"code": code_fingerprint(), "data": source.description, "synthetic": source.synthetic, "roi_names": list(source.roi_names),
           "seed": s.seed, "queries_per_class": s.queries, "ways": source.ways,
           "meta_dataset": f"{s.dataset} (split_seed {s.split_seed}, {s.data_size}x{s.data_size} grayscale)",
           "pretrained_backbone": backbone_name(s),

@@ -10,8 +10,8 @@ operation here has two formulations, chosen per backend by `conv_impl`:
   built from shifted slices of the padded input, so every derivative, to any
   order, is again slices, pads, adds and matrix multiplies, all fast on CPU.
 
-Max-pooling is a reshape and a max over the window axes (its derivative is an
-elementwise mask, not XLA's select-and-scatter).  Batch norm always normalises
+Max-pooling selects each window's winner with `where` (its derivative is an
+elementwise selection, not XLA's select-and-scatter).  Batch norm always normalises
 with statistics of the current batch (MAML's convention) or, with `stat_mask`,
 of the masked rows only.  `tests/test_layers.py` checks that the formulations
 agree, including their second derivatives.
@@ -78,13 +78,27 @@ def _conv_gemm(x, kernel, stride, padding):
 
 
 def max_pool(x, window=2, impl="gemm"):
-  """Non-overlapping max-pooling with VALID padding, NHWC: [B,H,W,C] -> [B,H//w,W//w,C]."""
+  """Non-overlapping max-pooling with VALID padding, NHWC: [B,H,W,C] -> [B,H//w,W//w,C].
+
+  "gemm": the window's elements are strided slices; the winner of each window
+  is chosen once, by an `argmax` outside differentiation, and selected with
+  `where`.  So every derivative, to any order, routes through that one choice.
+  (A max reduction's own derivative re-tests `x == max(x)`; XLA:CPU, jaxlib
+  0.10.2, fuses the two sides of that test differently when tasks are batched
+  with `vmap`, and the meta-gradient came out 36-107% wrong.)
+  """
   if impl == "xla":
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, window, window, 1), "VALID")
   b, h, w, c = x.shape
   ho, wo = h // window, w // window
-  x = x[:, :ho * window, :wo * window]
-  return x.reshape(b, ho, window, wo, window, c).max(axis=(2, 4))
+  parts = [lax.slice(x, (0, i, j, 0), (b, i + window * (ho - 1) + 1, j + window * (wo - 1) + 1, c),
+                     (1, window, window, 1))
+           for i in range(window) for j in range(window)]                      # each [B, Ho, Wo, C]
+  winner = jnp.argmax(lax.stop_gradient(jnp.stack(parts, axis=-1)), axis=-1)  # [B, Ho, Wo, C]
+  out = parts[-1]
+  for k in range(len(parts) - 2, -1, -1):
+    out = jnp.where(winner == k, parts[k], out)
+  return out
 
 
 def batch_stats_norm(x, scale, bias, stat_mask=None, eps=1e-5):
