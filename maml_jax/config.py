@@ -106,11 +106,15 @@ class Config:
 # 60,000 meta-batches, 3 inner steps at test time (5 for 20-way).
 _OMNIGLOT = Config()
 PRESETS: dict[str, Config] = {
-    # The default: Omniglot 5-way 1-shot sized for about 10 minutes on a 2-core
-    # CPU.  More queries per class than MAML's one give each meta-batch a less
-    # noisy gradient, which matters more than the step count on a short budget.
-    "default": _OMNIGLOT.replace(steps=1200, queries=5, meta_lr=3e-3, lr_schedule="cosine",
-                                 val_every=100, val_episodes=200, checkpoint_every=250, log_every=25),
+    # The default: Omniglot 5-way 1-shot sized for about 12 minutes on a 2-core
+    # CPU.  On a fixed time budget, many small meta-batches (8 tasks, 5 queries
+    # per class) beat fewer large ones: a task costs the same either way, and
+    # more updates learn faster (90.6% validation accuracy at step 750, 113 s,
+    # against 90.2% at step 300 of 32 tasks, 171 s).  Learned per-tensor inner
+    # learning rates (Meta-SGD) speed up the start further.
+    "default": _OMNIGLOT.replace(steps=5000, tasks=8, queries=5, learn_inner_lr=True, meta_lr=3e-3,
+                                 lr_schedule="cosine", val_every=250, val_episodes=200,
+                                 checkpoint_every=500, log_every=50),
     "omniglot-5w1s": _OMNIGLOT.replace(queries=1),
     "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),
     "omniglot-20w1s": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,

@@ -141,11 +141,13 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
 
 
 def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int | None = None,
-                     which: str = "best", progress: bool = True) -> dict:
+                     which: str = "best", progress: bool = True, shots: int | None = None) -> dict:
   """Evaluates a saved run on its meta-test classes (same episodes as training's final evaluation).
 
   `which`: "best" or "latest" checkpoint, or "init" for the run's initialisation
   before any meta-training (the baseline that meta-training must beat).
+  `shots`: support images per class, if not the run's (episodes then differ
+  from training's final evaluation, but are the same for every `which`).
   """
   from maml_jax.checkpoints import Trained, load_trained, read_config
   if which == "init":   # the same network without meta-training: the run's seed-0 initialisation
@@ -155,7 +157,7 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
     trained = Trained(cfg, state.meta_params, model, 0)
   else:
     trained = load_trained(workdir, which)
-  cfg = trained.config
+  cfg = trained.config if shots is None else trained.config.replace(shots=shots)
   splits = load_splits(cfg, workdir)
   mesh = make_mesh(cfg.tasks)
   steps = cfg.eval_inner_steps if inner_steps is None else inner_steps
@@ -165,4 +167,5 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
                   episodes, mesh, "meta-test", progress)
   mean, ci = mean_ci95(accs)
   return {"test_accuracy": mean, "test_ci95": ci, "test_episodes": len(accs), "checkpoint_step": trained.step,
-          "eval_inner_steps": steps, "synthetic_data": any(d.synthetic for d in splits.values())}
+          "eval_inner_steps": steps, "ways": cfg.ways, "shots": cfg.shots,
+          "synthetic_data": any(d.synthetic for d in splits.values())}

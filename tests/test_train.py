@@ -76,4 +76,10 @@ def test_cli_meta_train_and_evaluate(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "SYNTHETIC" in out and "accuracy" in out
   assert main(["evaluate", "--workdir", str(tmp_path), "--no-progress", "--episodes", "4"]) == 0
-  assert "4 episodes" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "3-way 1-shot" in out and "4 episodes" in out
+  # Another shot count, and the initialisation on the same episodes.
+  assert main(["evaluate", "--workdir", str(tmp_path), "--no-progress", "--episodes", "4", "--shots", "2",
+               "--checkpoint", "init"]) == 0
+  out = capsys.readouterr().out
+  assert "3-way 2-shot" in out and "4 episodes" in out and "step 0" in out

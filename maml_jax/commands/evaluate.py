@@ -8,6 +8,8 @@ def add_parser(sub):
   p.add_argument("--workdir", required=True, help="a meta-train workdir")
   p.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's test_episodes)")
   p.add_argument("--inner-steps", type=int, default=None, help="inner steps (default: the run's eval_inner_steps)")
+  p.add_argument("--shots", type=int, default=None,
+                 help="support images per class (default: the run's); e.g. a 5-shot-trained model at 20 shots")
   p.add_argument("--checkpoint", choices=("best", "latest", "init"), default="best",
                  help="which parameters: the best or latest checkpoint, or 'init' = the same network "
                       "without meta-training (its initialisation), on the same episodes")
@@ -17,8 +19,9 @@ def add_parser(sub):
 
 def main(args) -> int:
   from maml_jax.train import evaluate_workdir
-  r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress)
+  r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress,
+                       args.shots)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
-  print(f"meta-test accuracy{tag}: {100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
+  print(f"meta-test {r['ways']}-way {r['shots']}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
         f"(95% CI, {r['test_episodes']} episodes, {r['eval_inner_steps']} inner steps, step {r['checkpoint_step']})")
   return 0

@@ -139,9 +139,11 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    # float32 parameters, or float64 next to float64 inputs (x64 tests).
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
     k = self.param("kernel", nn.initializers.he_normal(),
-                   (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
+                   (self.kernel_size, self.kernel_size, x.shape[-1], self.features), dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), dtype)
     return conv2d(x, k, stride=self.stride, padding=self.padding, impl=self.impl) + b.reshape(1, 1, 1, -1)
 
 
@@ -156,8 +158,9 @@ class BatchStatNorm(nn.Module):
   @nn.compact
   def __call__(self, x, stat_mask: Optional[jax.Array] = None):
     c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, (c,), dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), dtype)
     return batch_stats_norm(x, scale, bias, stat_mask, self.eps)
 
 
