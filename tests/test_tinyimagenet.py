@@ -108,14 +108,10 @@ def test_builds_synthetic_release_and_reads_back(tmp_path, form):
 
 
 def test_prepare_data_command_builds(tmp_path, capsys):
-  import argparse
-  from maml_jax.commands import prepare_data
-  parser = argparse.ArgumentParser()
-  prepare_data.add_parser(parser.add_subparsers())
+  from maml_jax.cli import main   # through the command line, as a user runs it
   write_zip(str(tmp_path / "m"), synthetic_release(train=2, val=1)[0])
-  args = parser.parse_args(["prepare-data", "--dataset", "tinyimagenet",
-                            "--manual-dir", str(tmp_path / "m"), "--data-dir", str(tmp_path / "d")])
-  assert prepare_data.main(args) == 0
+  assert main(["prepare-data", "--dataset", "tinyimagenet",
+               "--manual-dir", str(tmp_path / "m"), "--data-dir", str(tmp_path / "d")]) == 0
   assert "tinyimagenet: train 6, validation 3 examples, 3 classes" in capsys.readouterr().out
   assert len(ti.data_source("train+validation", str(tmp_path / "d"))) == 9
 
@@ -158,6 +154,16 @@ def test_damaged_archive_fails_clearly(tmp_path, damage, expected):
   assert not ti.builder(str(tmp_path / "tfds")).is_prepared()
 
 
+def test_a_renamed_subset_is_accepted_when_it_is_the_only_one(tmp_path):
+  manual = str(tmp_path / "m")
+  files = synthetic_release(train=2, val=1)[0]
+  os.rename(write_zip(manual, files), os.path.join(manual, "tiny-imagenet-200-mini.zip"))
+  assert ti.open_release(manual).where.endswith("tiny-imagenet-200-mini.zip")
+  os.rename(write_zip(manual, files), os.path.join(manual, "tiny-imagenet-200-other.zip"))
+  with pytest.raises(ti.TinyImagenetError, match="several Tiny ImageNet archives.*keep one"):
+    ti.open_release(manual)
+
+
 def test_not_prepared_says_how(tmp_path):
   with pytest.raises(ti.NotPreparedError) as err:
     ti.data_source("train", str(tmp_path))
@@ -192,7 +198,7 @@ def mini_dataset(tmp_path_factory):
   base = tmp_path_factory.mktemp("tinyimagenet_mini")
   manual = base / "manual"
   manual.mkdir()
-  os.symlink(os.path.abspath(MINI), manual / ti.ARCHIVE)  # the builder's file name; not copied
+  os.symlink(os.path.abspath(MINI), manual / os.path.basename(MINI))  # its own name; not copied
   data_dir = str(base / "tfds")
   ti.prepare_tinyimagenet(data_dir, manual_dir=str(manual))
   return data_dir
