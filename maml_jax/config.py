@@ -106,7 +106,7 @@ class Config:
 # 60,000 meta-batches, 3 inner steps at test time (5 for 20-way).
 _OMNIGLOT = Config()
 PRESETS: dict[str, Config] = {
-    # The default: Omniglot 5-way 1-shot sized for about 12 minutes on a 2-core
+    # The default: Omniglot 5-way 1-shot sized for about 13.5 minutes on a 2-core
     # CPU.  On a fixed time budget, many small meta-batches (8 tasks, 5 queries
     # per class) beat fewer large ones: a task costs the same either way, and
     # more updates learn faster (90.6% validation accuracy at step 750, 113 s,

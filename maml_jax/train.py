@@ -157,7 +157,7 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
     trained = Trained(cfg, state.meta_params, model, 0)
   else:
     trained = load_trained(workdir, which)
-  cfg = trained.config if shots is None else trained.config.replace(shots=shots)
+  cfg = trained.config if shots is None else trained.config.replace(shots=shots).validate()
   splits = load_splits(cfg, workdir)
   mesh = make_mesh(cfg.tasks)
   steps = cfg.eval_inner_steps if inner_steps is None else inner_steps

@@ -22,6 +22,7 @@ def main(args) -> int:
   r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress,
                        args.shots)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
-  print(f"meta-test {r['ways']}-way {r['shots']}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
+  print(f"meta-test {r['ways']}-way {r['shots']}-shot accuracy{tag}: "
+        f"{100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
         f"(95% CI, {r['test_episodes']} episodes, {r['eval_inner_steps']} inner steps, step {r['checkpoint_step']})")
   return 0

@@ -22,7 +22,6 @@ import sys
 import time
 from typing import Any, Optional
 
-
 from maml_jax.baselines import base_learning, simple
 from maml_jax.experiment import backbones as bb
 from maml_jax.experiment import feature_meta, grid, meta_runs, paper, report, store
@@ -127,7 +126,10 @@ def code_fingerprint() -> str:
   h = hashlib.sha1()
   for name in CODE_FILES:
     path = os.path.join(root, name)
-    paths = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py")) if os.path.isdir(path) else [path]
+    if os.path.isdir(path):
+      paths = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
+    else:
+      paths = [path]
     for p in paths:
       h.update(os.path.relpath(p, root).encode())
       with open(p, "rb") as f:
@@ -137,7 +139,8 @@ def code_fingerprint() -> str:
 
 def fixed_settings(s: Settings, source: TaskSource) -> dict:
   """What decides every cell's number (checked on resume)."""
-  return {"code": code_fingerprint(), "data": source.description, "synthetic": source.synthetic, "roi_names": list(source.roi_names),
+  return {"code": code_fingerprint(), "data": source.description, "synthetic": source.synthetic,
+          "roi_names": list(source.roi_names),
           "seed": s.seed, "queries_per_class": s.queries, "ways": source.ways,
           "meta_dataset": f"{s.dataset} (split_seed {s.split_seed}, {s.data_size}x{s.data_size} grayscale)",
           "pretrained_backbone": backbone_name(s),
