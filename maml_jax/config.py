@@ -48,6 +48,8 @@ class Config:
   learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and step (Meta-SGD/MAML++)")
   first_order: bool = _f(False, "first-order MAML: no gradient through the inner gradients")
   remat: bool = _f(False, "recompute each inner step in the backward pass (less memory, more compute)")
+  inner_unroll: int = _f(0, "inner steps per scan iteration when meta-training: 0 = auto (all, up to 8, "
+                         "without remat; else 1)")
   task_map: str = _f("auto", "how tasks are batched: vmap, map (lax.map), or auto (fastest on this backend)")
   query_bn: str = _f("batch", "batch-norm statistics for queries: batch (MAML's convention: the query batch) "
                      "or support (the support set's, so each query is classified on its own)")
@@ -91,6 +93,7 @@ class Config:
     if self.queries < 1 or self.eval_queries < 1: problems.append("queries and eval_queries must be >= 1")
     if self.tasks < 1: problems.append(f"tasks={self.tasks} must be >= 1")
     if self.inner_steps < 0 or self.eval_inner_steps < 0: problems.append("inner step counts must be >= 0")
+    if self.inner_unroll < 0: problems.append(f"inner_unroll={self.inner_unroll} must be >= 0 (0 = auto)")
     if self.channels not in (1, 3): problems.append(f"channels={self.channels} must be 1 or 3")
     if self.task_map not in ("auto", "vmap", "map"): problems.append(f"task_map={self.task_map!r}")
     if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")

@@ -110,3 +110,55 @@ def test_batch_stats_norm_with_mask_uses_the_masked_rows_only(x64):
   np.testing.assert_array_equal(y2[keep], y[keep])
   # (Without the mask they would: the test can tell the two apart.)
   assert not np.allclose(batch_stats_norm(x2, scale, bias)[0], batch_stats_norm(x, scale, bias)[0])
+
+
+@pytest.mark.parametrize("stride,cin,masked", [(1, 1, False), (2, 3, True)])
+def test_conv_bn_folded_matches_conv_then_batch_norm_to_second_order(x64, stride, cin, masked):
+  """Batch norm folded into the convolution (statistics from the patch
+  covariance) against conv2d + bias, then batch_stats_norm; derivatives with
+  respect to the input, kernel, conv bias, scale and shift, to second order."""
+  x = _normal(20, (4, 7, 9, cin)) * 2 + 0.5
+  k, cb = _normal(21, (3, 3, cin, 12)), _normal(22, (12,))
+  scale, shift = 1 + 0.3 * _normal(23, (12,)), _normal(24, (12,))
+  mask = jnp.array([1., 0., 1., 1.]) if masked else None
+  out_shape = (4, (7 + 2 - 3) // stride + 1, (9 + 2 - 3) // stride + 1, 12)
+  r = _normal(25, out_shape)
+  args = (x, k, cb, scale, shift)
+  extra = [_normal(26 + i, a.shape) for i, a in enumerate(args)]
+
+  def fwd(folded, x, k, cb, scale, shift):
+    if folded:   # the conv bias cancels, so the folded form takes none
+      return layers.conv_bn_folded(x, k, scale, shift, stride=stride, stat_mask=mask)
+    y = conv2d(x, k, stride=stride, impl="xla") + cb.reshape(1, 1, 1, -1)
+    return layers.batch_stats_norm(y, scale, shift, stat_mask=mask)
+
+  def f(folded, *a):
+    return jnp.sum(jnp.tanh(fwd(folded, *a)) * r)
+
+  def g(folded, *a):
+    grads = jax.grad(functools.partial(f, folded), argnums=tuple(range(5)))(*a)
+    return sum(jnp.sum(jnp.sin(d) * e) for d, e in zip(grads, extra))
+
+  out = jax.jit(lambda *a: {folded: [fwd(folded, *a)] + [jax.grad(functools.partial(h, folded), argnums=tuple(range(5)))(*a)
+                                                         for h in (f, g)]
+                            for folded in (True, False)})(*args)
+  assert out[True][0].shape == out_shape
+  for got, want in zip(jax.tree.leaves(out[True]), jax.tree.leaves(out[False])):
+    scale_ = max(np.abs(want).max(), 1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10 * scale_)
+  # The conv bias's derivatives are zero in both (batch norm removes it).
+  assert np.abs(out[False][1][2]).max() < 1e-10 and np.abs(out[False][2][2]).max() < 1e-10
+
+
+@pytest.mark.parametrize("pool,stride", [(True, 1), (False, 2)])
+def test_conv_block_folds_with_the_same_parameters(x64, pool, stride):
+  """ConvBlock on grey images: "gemm" folds (and pools before the ReLU), "xla"
+  does not; the parameter trees are the same and so are the outputs."""
+  x = _normal(30, (3, 8, 8, 1))
+  blocks = {impl: layers.ConvBlock(16, stride=stride, pool=pool, impl=impl) for impl in ("gemm", "xla")}
+  assert layers.folds(3, 1, 16) and not layers.folds(3, 2, 16)
+  params = blocks["xla"].init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, blocks["gemm"].init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+  params = jax.tree.map(lambda a: a + 0.1 * _normal(31, a.shape), params)   # non-trivial scale, shift, bias
+  out = {impl: b.apply(params, x) for impl, b in blocks.items()}
+  np.testing.assert_allclose(out["gemm"], out["xla"], rtol=1e-10, atol=1e-12)

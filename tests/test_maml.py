@@ -22,18 +22,20 @@ from maml_jax import maml
 from maml_jax.config import get_preset
 from maml_jax.episodes import Episodes, episode_labels
 from maml_jax.models import build_model, default_conv_impl
+from maml_jax.models import layers
 from maml_jax.models.layers import ConvBlock, MLPHead
 
 
 class OneBlock(nn.Module):
   """The smallest network with every layer kind: 12x12 -> conv (stride 2) ->
-  BN -> ReLU -> 2x2 max-pool -> 3x3x6 -> linear head."""
+  BN -> ReLU -> 2x2 max-pool -> 3x3x10 -> linear head.  With "gemm" on grey
+  images the batch norm folds into the convolution (`layers.folds`: 9 <= 10)."""
   ways: int
   impl: str = "gemm"
 
   @nn.compact
   def __call__(self, x, stat_mask=None):
-    x = ConvBlock(6, stride=2, pool=True, impl=self.impl, name="block_0")(x, stat_mask)
+    x = ConvBlock(10, stride=2, pool=True, impl=self.impl, name="block_0")(x, stat_mask)
     return MLPHead((), self.ways, name="head")(x)
 
 
@@ -146,6 +148,41 @@ def test_tiny_network_meta_gradient_gemm_equals_xla(x64):
   loss_x, grad_x = loss_and_grad(cfg.replace(conv_impl="xla"))(meta, batch)
   np.testing.assert_allclose(loss_g, loss_x, rtol=1e-12)
   assert_trees_close(grad_g, grad_x, rtol=1e-9)
+
+
+@pytest.mark.parametrize("query_bn", ["batch", "support"])
+def test_folded_block_meta_gradient_gemm_equals_xla(x64, query_bn):
+  """The one-block network's second-order meta-gradient, two inner steps: the
+  "gemm" block folds batch norm into the convolution (`layers.conv_bn_folded`)
+  and pools before the ReLU; "xla" is conv, batch norm, ReLU, pool as written."""
+  cfg = BASE.replace(query_bn=query_bn)
+  assert layers.folds(3, cfg.channels, 10)
+  _, meta, batch = setup(cfg)
+  loss_g, grad_g = loss_and_grad(cfg)(meta, batch)
+  loss_x, grad_x = loss_and_grad(cfg.replace(conv_impl="xla"))(meta, batch)
+  np.testing.assert_allclose(loss_g, loss_x, rtol=1e-12)
+  # The conv bias cancels in batch norm: its gradient is zero (exactly, when folded).
+  np.testing.assert_array_equal(grad_g["model"]["block_0"]["conv"]["bias"], 0.)
+  assert np.abs(grad_x["model"]["block_0"]["conv"]["bias"]).max() < 1e-12
+  assert_trees_close(grad_g, grad_x, rtol=1e-9)
+
+
+def test_unrolled_inner_loop_gives_the_same_meta_gradient(x64):
+  """Meta-training unrolls the inner scan (`maml.inner_unroll`); the rolled scan
+  must give the same meta-gradient."""
+  assert maml.inner_unroll(BASE, BASE.inner_steps) == BASE.inner_steps > 1
+  _, meta, batch = setup(BASE)
+  loss, grad = loss_and_grad(BASE)(meta, batch)
+  loss_r, grad_r = loss_and_grad(BASE.replace(inner_unroll=1))(meta, batch)
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-12)
+  assert_trees_close(grad_r, grad, rtol=1e-10)
+
+
+def test_inner_unroll_rule():
+  assert maml.inner_unroll(BASE, 5) == 5
+  assert maml.inner_unroll(BASE, 9) == 1                 # compile time grows with unrolled steps
+  assert maml.inner_unroll(BASE.replace(remat=True), 5) == 1
+  assert maml.inner_unroll(BASE.replace(remat=True, inner_unroll=3), 5) == 3
 
 
 SCRATCH7 = BASE.replace(model="scratch7", width=0.125, task_map="map")

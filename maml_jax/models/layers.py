@@ -66,15 +66,23 @@ def _conv_gemm(x, kernel, stride, padding):
   keeps second-order MAML's memory near that of the activations themselves.
   """
   kh, kw, cin, cout = kernel.shape
-  b, h, w, _ = x.shape
+  b = x.shape[0]
+  patches = _patches(x, kh, kw, stride, padding)                       # [B, Ho, Wo, kh*kw*Cin]
+  _, ho, wo, _ = patches.shape
+  out = patches.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+  return out.reshape(b, ho, wo, cout)
+
+
+def _patches(x, kh, kw, stride, padding):
+  """Image patches [B, Ho, Wo, kh*kw*Cin] (row-major over kh, kw, then Cin,
+  matching an HWIO kernel reshaped to [kh*kw*Cin, Cout]), from shifted slices."""
+  b, h, w, cin = x.shape
   ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
   cols = [lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
                     (1, stride, stride, 1))
           for i in range(kh) for j in range(kw)]
-  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]   # [B, Ho, Wo, kh*kw*Cin]
-  out = patches.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
-  return out.reshape(b, ho, wo, cout)
+  return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
 
 
 def max_pool(x, window=2, impl="gemm"):
@@ -138,12 +146,16 @@ class Conv(nn.Module):
   impl: str = "gemm"
 
   @nn.compact
+  def weights(self, cin: int, dtype):
+    """(kernel [k, k, cin, features], bias [features]), created on first use."""
+    k = self.param("kernel", nn.initializers.he_normal(),
+                   (self.kernel_size, self.kernel_size, cin, self.features), dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), dtype)
+    return k, b
+
   def __call__(self, x):
     # float32 parameters, or float64 next to float64 inputs (x64 tests).
-    dtype = jnp.promote_types(x.dtype, jnp.float32)
-    k = self.param("kernel", nn.initializers.he_normal(),
-                   (self.kernel_size, self.kernel_size, x.shape[-1], self.features), dtype)
-    b = self.param("bias", nn.initializers.zeros, (self.features,), dtype)
+    k, b = self.weights(x.shape[-1], jnp.promote_types(x.dtype, jnp.float32))
     return conv2d(x, k, stride=self.stride, padding=self.padding, impl=self.impl) + b.reshape(1, 1, 1, -1)
 
 
@@ -156,16 +168,67 @@ class BatchStatNorm(nn.Module):
   eps: float = 1e-5
 
   @nn.compact
+  def weights(self, c: int, dtype):
+    """(scale [c], bias [c]), created on first use."""
+    return (self.param("scale", nn.initializers.ones, (c,), dtype),
+            self.param("bias", nn.initializers.zeros, (c,), dtype))
+
   def __call__(self, x, stat_mask: Optional[jax.Array] = None):
-    c = x.shape[-1]
-    dtype = jnp.promote_types(x.dtype, jnp.float32)
-    scale = self.param("scale", nn.initializers.ones, (c,), dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), dtype)
+    scale, bias = self.weights(x.shape[-1], jnp.promote_types(x.dtype, jnp.float32))
     return batch_stats_norm(x, scale, bias, stat_mask, self.eps)
 
 
+def folds(kernel_size: int, cin: int, features: int) -> bool:
+  """Whether `conv_bn_folded` is the cheaper way to compute conv -> batch norm:
+  when a patch is no wider than the output (a first layer on grey or RGB
+  images), its [k*k*cin]^2 covariance costs less than the convolution."""
+  return kernel_size * kernel_size * cin <= features
+
+
+def conv_bn_folded(x, kernel, scale, bias, *, stride=1, padding=1, stat_mask=None, eps=1e-5):
+  """`batch_stats_norm(conv2d(x, kernel) + b, scale, bias)` as one matrix multiply.
+
+  The conv output is y = P k + b over patch rows P, so its batch mean is
+  mean(P) k + b and its variance per channel is diag(k^T cov(P) k).  The batch
+  norm therefore folds into the kernel, and the conv bias b cancels, exactly
+  as in the unfolded form.  The statistics come from the [k*k*cin]^2 patch
+  covariance instead of the [B, Ho, Wo, Cout] output: on a first layer the
+  output is 7-64 times wider than a patch, and when x is data (no gradient)
+  the covariance is a constant of the inner loop.  No batch-norm pass, or any
+  of its derivatives, touches the full-resolution output.
+
+  Args:
+    x: float [B, H, W, Cin]; kernel: [kh, kw, Cin, Cout]; scale, bias: [Cout].
+    stat_mask: optional float [B] (see `batch_stats_norm`).
+  Returns:
+    float [B, Ho, Wo, Cout].
+  """
+  kh, kw, cin, cout = kernel.shape
+  b, h, w, _ = x.shape
+  ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+  rows = _patches(x, kh, kw, stride, padding).reshape(b, ho * wo, kh * kw * cin)
+  if stat_mask is None:
+    wts = jnp.ones((b, 1, 1), rows.dtype)
+  else:
+    wts = stat_mask.reshape(b, 1, 1).astype(rows.dtype)
+  n = wts.sum() * (ho * wo)
+  centred = rows - (rows * wts).sum((0, 1), keepdims=True) / n           # [B, Ho*Wo, K]
+  flat = centred.reshape(-1, kh * kw * cin)
+  cov = flat.T @ (flat * jnp.repeat(wts.reshape(b), ho * wo)[:, None]) / n  # [K, K]
+  k2 = kernel.reshape(kh * kw * cin, cout)
+  var = jnp.sum(k2 * (cov @ k2), axis=0, keepdims=True)                  # [1, Cout]
+  out = flat @ (k2 * (scale.reshape(1, -1) * lax.rsqrt(var + eps))) + bias.reshape(1, -1)
+  return out.reshape(b, ho, wo, cout)
+
+
 class ConvBlock(nn.Module):
-  """conv -> batch norm -> ReLU [-> 2x2 max-pool]."""
+  """conv -> batch norm -> ReLU [-> 2x2 max-pool].
+
+  With `impl="gemm"`: the batch norm folds into the convolution where that is
+  cheaper (`folds`), and the max-pool comes before the ReLU (the two commute,
+  as ReLU is monotone), so the ReLU and its derivatives touch a quarter of
+  the elements.
+  """
   features: int = 64
   stride: int = 1
   pool: bool = False
@@ -173,8 +236,17 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, stat_mask=None):
-    x = Conv(self.features, stride=self.stride, impl=self.impl, name="conv")(x)
-    x = BatchStatNorm(name="bn")(x, stat_mask)
+    conv, bn = Conv(self.features, stride=self.stride, impl=self.impl, name="conv"), BatchStatNorm(name="bn")
+    if self.impl == "gemm" and folds(conv.kernel_size, x.shape[-1], self.features):
+      dtype = jnp.promote_types(x.dtype, jnp.float32)
+      kernel, _ = conv.weights(x.shape[-1], dtype)    # the conv bias cancels in batch norm
+      scale, bias = bn.weights(self.features, dtype)
+      x = conv_bn_folded(x, kernel, scale, bias, stride=self.stride, padding=conv.padding,
+                         stat_mask=stat_mask, eps=bn.eps)
+    else:
+      x = bn(conv(x), stat_mask)
+    if self.impl == "gemm":
+      return nn.relu(max_pool(x, 2, self.impl) if self.pool else x)
     x = nn.relu(x)
     return max_pool(x, 2, self.impl) if self.pool else x
 
