@@ -11,10 +11,13 @@ operation here has two formulations, chosen per backend by `conv_impl`:
   order, is again slices, pads, adds and matrix multiplies, all fast on CPU.
 
 Max-pooling selects each window's winner with `where` (its derivative is an
-elementwise selection, not XLA's select-and-scatter).  Batch norm always normalises
+elementwise selection, not XLA's select-and-scatter).  With "gemm", a block
+whose patches are narrower than its output (a first layer) folds batch norm
+into the convolution (`conv_bn_folded`).  Batch norm always normalises
 with statistics of the current batch (MAML's convention) or, with `stat_mask`,
 of the masked rows only.  `tests/test_layers.py` checks that the formulations
-agree, including their second derivatives.
+agree, including their second derivatives, and `tests/test_maml.py` that
+whole networks give the same meta-gradient either way.
 """
 from __future__ import annotations
 
