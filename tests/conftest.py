@@ -1,7 +1,7 @@
 """Test-wide JAX settings.
 
 * Implicit rank promotion (adding a [C] vector to a [B, H, W, C] array without
-  saying how) warns, so that broadcasting mistakes show in the test output.
+  saying how) raises, so that broadcasting mistakes fail the tests.
 * One CPU device, as a user has: multi-device behaviour is tested in a
   subprocess that forces several host devices before JAX starts
   (`tests/test_sharding.py`), never by changing this process's device count.
@@ -15,7 +15,7 @@ import tempfile
 import jax
 import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "warn")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 # Many tests compile the same small steps: a per-run compilation cache turns
 # the repeats into cache hits (tens of seconds each on a 2-core CPU).  It is
 # removed when the run ends.
