@@ -142,7 +142,7 @@ def inner_unroll(cfg: Config, steps: int) -> int:
   them back out, which cost 29% of a paper-lite meta-batch on the CPU
   (3.19 s against 2.27 s).  With remat the stored intermediates are few and
   unrolling measured slower (paper: 27.2 s against 21.3 s, 12 GB against
-  4 GB), as does compiling many unrolled steps.
+  4 GB); and compile time grows with every unrolled step, hence the cap.
   """
   if cfg.inner_unroll:
     return cfg.inner_unroll
