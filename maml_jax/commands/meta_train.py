@@ -3,7 +3,7 @@ import argparse
 
 from maml_jax.config import add_config_args, config_from_args
 
-HELP = "meta-train (default: Omniglot 5-way 1-shot, about 13 minutes on a 2-core CPU)"
+HELP = "meta-train (default: Omniglot 5-way 1-shot, about 11 minutes on a 2-core CPU)"
 
 
 def add_parser(sub):

@@ -195,10 +195,11 @@ def conv_bn_folded(x, kernel, scale, bias, *, stride=1, padding=1, stat_mask=Non
   mean(P) k + b and its variance per channel is diag(k^T cov(P) k).  The batch
   norm therefore folds into the kernel, and the conv bias b cancels, exactly
   as in the unfolded form.  The statistics come from the [k*k*cin]^2 patch
-  covariance instead of the [B, Ho, Wo, Cout] output: on a first layer the
-  output is 7-64 times wider than a patch, and when x is data (no gradient)
-  the covariance is a constant of the inner loop.  No batch-norm pass, or any
-  of its derivatives, touches the full-resolution output.
+  covariance instead of the [B, Ho, Wo, Cout] output: on a first layer of 64
+  filters the output is 7 times wider than a grey patch (2.4 times an RGB
+  one), and when x is data (no gradient) the covariance is a constant of the
+  inner loop.  No batch-norm pass, or any of its derivatives, touches the
+  full-resolution output.
 
   Args:
     x: float [B, H, W, Cin]; kernel: [kh, kw, Cin, Cout]; scale, bias: [Cout].
@@ -210,10 +211,8 @@ def conv_bn_folded(x, kernel, scale, bias, *, stride=1, padding=1, stat_mask=Non
   b, h, w, _ = x.shape
   ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
   rows = _patches(x, kh, kw, stride, padding).reshape(b, ho * wo, kh * kw * cin)
-  if stat_mask is None:
-    wts = jnp.ones((b, 1, 1), rows.dtype)
-  else:
-    wts = stat_mask.reshape(b, 1, 1).astype(rows.dtype)
+  wts = jnp.ones((b,), rows.dtype) if stat_mask is None else stat_mask.astype(rows.dtype)
+  wts = wts.reshape(b, 1, 1)
   n = wts.sum() * (ho * wo)
   centred = rows - (rows * wts).sum((0, 1), keepdims=True) / n           # [B, Ho*Wo, K]
   flat = centred.reshape(-1, kh * kw * cin)
@@ -248,7 +247,7 @@ class ConvBlock(nn.Module):
                          stat_mask=stat_mask, eps=bn.eps)
     else:
       x = bn(conv(x), stat_mask)
-    if self.impl == "gemm":
+    if self.impl == "gemm":   # pool first: the ReLU then touches a quarter of the elements
       return nn.relu(max_pool(x, 2, self.impl) if self.pool else x)
     x = nn.relu(x)
     return max_pool(x, 2, self.impl) if self.pool else x
