@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from data.errors import DataError
+
 NAME = "cifar100"
 ARCHIVE = "cifar-100-binary.tar.gz"
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -30,11 +32,11 @@ ARCHIVE_SHA256 = "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8
 SPLIT = "train+test"      # all 600 images of each class (500 train + 100 test)
 
 
-class NotPreparedError(RuntimeError):
+class NotPreparedError(DataError):
   """CIFAR-100 has not been prepared (as array_record) in the TFDS data directory."""
 
 
-class Cifar100Error(ValueError):
+class Cifar100Error(DataError):
   """The CIFAR-100 archive is missing or damaged, or preparing cannot run."""
 
 

@@ -23,10 +23,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data.errors import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(DataError):
   """The image folder is missing, empty or holds an unreadable image."""
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import image_folder as folder_lib
+from data.errors import DataError
 
 DATASETS = ("cifar100", "tinyimagenet", "omniglot", "folder")
 SPLITS = ("train", "val", "test")
@@ -48,7 +49,7 @@ FORMAT = 1
 _CHUNK = 512
 
 
-class MetaDatasetError(ValueError):
+class MetaDatasetError(DataError):
   """The meta-dataset request is invalid or contradicts the workdir's split."""
 
 

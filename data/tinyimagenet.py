@@ -36,6 +36,8 @@ from typing import Iterator
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from data.errors import DataError
+
 NAME = "tiny_imagenet200"
 ARCHIVE = "tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"
@@ -43,11 +45,11 @@ IMAGE_SIZE = 64
 SPLITS = ("train", "validation")
 
 
-class TinyImagenetError(ValueError):
+class TinyImagenetError(DataError):
   """The Tiny ImageNet archive is missing, damaged or incomplete."""
 
 
-class NotPreparedError(RuntimeError):
+class NotPreparedError(DataError):
   """Tiny ImageNet has not been built into the TFDS data directory."""
 
 

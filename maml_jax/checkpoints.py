@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from maml_jax.config import Config
+from maml_jax.errors import UserError
 from maml_jax.models import build_model
 from maml_jax.train_step import TrainState, init_state
 
@@ -31,7 +32,7 @@ RESUMABLE_FIELDS = {"steps", "log_every", "val_every", "val_episodes", "test_epi
                     "conv_impl", "task_map", "remat", "monitor_test", "manual_dir"}
 
 
-class IncompatibleRunError(ValueError):
+class IncompatibleRunError(UserError):
   pass
 
 

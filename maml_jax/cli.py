@@ -16,12 +16,22 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def main(argv=None) -> int:
-  _enable_compilation_cache()
+def build_parser() -> argparse.ArgumentParser:
+  """The whole command line: one sub-parser per module of `maml_jax.commands`."""
   parser = argparse.ArgumentParser(prog="run.py", description="Few-shot image classification by "
                                    "second-order MAML in JAX. `run.py COMMAND --help` explains each command.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for m in modules():
     m.add_parser(sub)
-  args = parser.parse_args(argv)
-  return args.func(args)
+  return parser
+
+
+def main(argv=None) -> int:
+  """Parses `argv`, runs the command; a user error prints `error: ...` and returns 2 (no traceback)."""
+  from maml_jax.errors import USER_ERRORS, report
+  args = build_parser().parse_args(argv)
+  _enable_compilation_cache()
+  try:
+    return args.func(args)
+  except USER_ERRORS as e:
+    return report(e)

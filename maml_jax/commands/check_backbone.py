@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
   p.add_argument("--weights", default=None, metavar="PATH",
                  help="efficientnet-lite0-57934424.pth (default: the installed package's file)")
+  p.set_defaults(func=main)
   return p
 
 

@@ -20,11 +20,12 @@ import os
 from typing import Any, Iterable, Optional
 
 from maml_jax.config import Config, get_preset
+from maml_jax.errors import UserError
 
 VARIANT_FLAGS = {"meta": {}, "fomaml": {"first_order": True}, "anil": {"inner_mask": "head"}}
 
 
-class LeakError(ValueError):
+class LeakError(UserError):
   """A meta-trained model saw some of the experiment's test classes."""
 
 

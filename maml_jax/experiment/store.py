@@ -18,13 +18,14 @@ import json
 import os
 from typing import Iterable
 
+from maml_jax.errors import UserError
 from maml_jax.smi import files
 
 RESULTS, SETTINGS = "results.jsonl", "experiment.json"
 KEY_FIELDS = ("dataset", "method", "backbone", "shots", "repeat")
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(UserError):
   """The output folder holds results computed with other settings."""
 
 

@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from maml_jax.errors import UserError
+
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
 
@@ -53,7 +55,7 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError):
   """A torch file that cannot be read, or holds something other than tensors."""
 
 
