@@ -20,9 +20,8 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm import tqdm
-
-from data.errors import DataError
+from .errors import DataError
+from .progress import progress
 
 NAME = "cifar100"
 ARCHIVE = "cifar-100-binary.tar.gz"
@@ -71,7 +70,7 @@ def check_archive(manual_dir: str) -> str:
     raise Cifar100Error(f"{path} has {size:,} bytes; the official archive has {ARCHIVE_BYTES:,} "
                         "(truncated or a different file)")
   h = hashlib.sha256()
-  with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {ARCHIVE}") as bar:
+  with open(path, "rb") as f, progress(total=size, unit="B", unit_scale=True, desc=f"sha256 {ARCHIVE}") as bar:
     for block in iter(lambda: f.read(1 << 22), b""):
       h.update(block)
       bar.update(len(block))
@@ -143,7 +142,7 @@ def load_cifar100(data_dir: str | None = None, split: str = SPLIT):
   images = np.empty((n, 32, 32, 3), np.uint8)
   labels = np.empty((n,), np.int64)
   # Plain indexing, the Sequence protocol of every TFDS data source (mock_data's included).
-  for i in tqdm(range(n), unit="img", desc=f"reading CIFAR-100 {split}", mininterval=0.5):
+  for i in progress(range(n), unit="img", desc=f"reading CIFAR-100 {split}", mininterval=0.5):
     ex = ds[i]
     images[i] = ex["image"]
     labels[i] = ex["label"]

@@ -21,9 +21,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from data.errors import DataError
+from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -90,21 +89,3 @@ def folder_fingerprint(classes: Sequence[tuple[str, Sequence[str]]], root: str) 
       h.update(f"{os.path.relpath(f, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
       n += 1
   return {"files": n, "classes": len(classes), "sha256": h.hexdigest()}
-
-
-def load_image_folder(root: str, *, image_size: int, channels: int, synthetic: bool = False):
-  """Reads `root/<class>/<images>` into a `maml_jax.episodes.ClassImages`.
-
-  Returns:
-    ClassImages with images uint8 [N, image_size, image_size, channels],
-    classes in sorted folder-name order.
-  """
-  from maml_jax.episodes import ClassImages
-  classes = scan_image_folder(root)
-  total = sum(len(f) for _, f in classes)
-  per_class = []
-  with tqdm(total=total, unit="img", desc=f"reading {root}") as bar:
-    for _, files in classes:
-      per_class.append(np.stack([read_image(f, image_size, channels) for f in files]))
-      bar.update(len(files))
-  return ClassImages.from_per_class(per_class, [c for c, _ in classes], synthetic)

@@ -37,10 +37,11 @@ import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
-
-from data import image_folder as folder_lib
-from data.errors import DataError
+from . import image_folder as folder_lib
+from .class_images import ClassImages
+from .errors import DataError
+from .files import atomic_path, write_json
+from .progress import progress
 
 DATASETS = ("cifar100", "tinyimagenet", "omniglot", "folder")
 SPLITS = ("train", "val", "test")
@@ -51,16 +52,6 @@ _CHUNK = 512
 
 class MetaDatasetError(DataError):
   """The meta-dataset request is invalid or contradicts the workdir's split."""
-
-
-def write_json(path: str, obj) -> None:
-  """Writes JSON atomically (temp file in the same folder, then os.replace)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _stats(paths: Sequence[str], root: str) -> dict:
@@ -98,7 +89,7 @@ class _Cifar100:
   name = "cifar100"
 
   def __init__(self, data_dir, manual_dir):
-    from data import cifar100
+    from . import cifar100
     self._lib, self._dd = cifar100, data_dir
     b = cifar100.builder(data_dir)
     if not b.is_prepared() and manual_dir is not None:
@@ -132,7 +123,7 @@ class _TinyImagenet:
   name = "tinyimagenet"
 
   def __init__(self, data_dir, manual_dir):
-    from data import tinyimagenet
+    from . import tinyimagenet
     self._lib, self._dd = tinyimagenet, data_dir
     b = tinyimagenet.builder(data_dir)
     if not b.is_prepared() and manual_dir is not None:
@@ -156,7 +147,7 @@ class _TinyImagenet:
       split = "train+validation"
       raw = self._lib.data_source(split, self._dd, decoders={"image": tfds.decode.SkipDecoding()})
       labels = np.empty((len(raw),), np.int64)
-      with tqdm(total=len(raw), unit="img", desc="indexing Tiny ImageNet labels") as bar:
+      with progress(total=len(raw), unit="img", desc="indexing Tiny ImageNet labels") as bar:
         for lo in range(0, len(raw), 2048):
           batch = raw.__getitems__(list(range(lo, min(len(raw), lo + 2048))))
           labels[lo:lo + len(batch)] = [int(ex["label"]) for ex in batch]
@@ -183,7 +174,7 @@ class _Omniglot:
   name = "omniglot"
 
   def __init__(self, root, image_size):
-    mod = importlib.import_module("data.omniglot")
+    mod = importlib.import_module(".omniglot", __package__)
     self._load_fn = getattr(mod, "load_omniglot", None)
     if self._load_fn is None:
       raise MetaDatasetError("the omniglot reader (data/omniglot.py, load_omniglot) is not available")
@@ -331,7 +322,6 @@ def _workdir_split(workdir, sources, fps, seed, proportions) -> dict[str, list[s
 # The uint8 cache.
 
 def _cached_split(directory, split, classes, sources, fps, size, channels):
-  from maml_jax.episodes import ClassImages
   npy, meta = os.path.join(directory, f"{split}.npy"), os.path.join(directory, f"{split}.json")
   key = {"format": FORMAT, "split": split, "image_size": size, "channels": channels,
          "sources": fps, "classes": list(classes)}
@@ -353,11 +343,10 @@ def _cached_split(directory, split, classes, sources, fps, size, channels):
   starts = (np.cumsum(counts) - counts).astype(np.int32)
   total = int(counts.sum())
   os.makedirs(directory, exist_ok=True)
-  tmp = f"{npy}.tmp{os.getpid()}"
-  try:
+  with atomic_path(npy) as tmp:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, size, size, channels))
     desc = f"caching meta-{split}: {len(classes)} classes at {size}x{size}x{channels}"
-    with tqdm(total=total, unit="img", desc=desc) as bar:
+    with progress(total=total, unit="img", desc=desc) as bar:
       for (src, c), full, s, n in zip(where, classes, starts, counts):
         row = s
         for block in src.class_images(c, size, channels):
@@ -368,10 +357,6 @@ def _cached_split(directory, split, classes, sources, fps, size, channels):
           raise MetaDatasetError(f"{full}: expected {n} images, read {row - s}")
     out.flush()
     del out
-    os.replace(tmp, npy)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   write_json(meta, {"key": key, "class_start": starts.tolist(), "class_count": counts.tolist(),
                     "class_names": list(classes)})
   return ClassImages(np.load(npy, mmap_mode="r"), starts, counts, tuple(classes))

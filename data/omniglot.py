@@ -22,15 +22,18 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from maml_jax.episodes import ClassImages
+from .class_images import ClassImages
+from .errors import DataError
+from .files import cache_root, write_npz
+from .progress import progress as progress_bar
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "omniglot")
 PARTS = ("images_background", "images_evaluation")
 _PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
 
 
-def cache_dir() -> str:
-  return os.environ.get("MAML_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "maml_jax"))
+class OmniglotError(DataError):
+  """The Omniglot files are missing or unreadable."""
 
 
 def _sources(root: str) -> list[str]:
@@ -42,7 +45,7 @@ def _sources(root: str) -> list[str]:
     elif os.path.isdir(d):
       found.append(d)
     else:
-      raise FileNotFoundError(f"Omniglot: neither {z} nor the folder {d} exists; "
+      raise OmniglotError(f"Omniglot: neither {z} nor the folder {d} exists; "
                               f"point --data-dir at a folder holding {PARTS[0]}.zip and {PARTS[1]}.zip")
   return found
 
@@ -58,14 +61,14 @@ def _list(source: str) -> list[tuple[str, str]]:
       with zipfile.ZipFile(source) as z:
         names = z.namelist()
     except zipfile.BadZipFile as e:
-      raise ValueError(f"Omniglot: {source} is not a readable zip archive ({e})") from None
+      raise OmniglotError(f"Omniglot: {source} is not a readable zip archive ({e})") from None
   out = []
   for n in sorted(names):
     m = _PNG.search(n)
     if m:
       out.append((f"{m.group(1)}/{m.group(2)}/{m.group(3)}", n))
   if not out:
-    raise ValueError(f"Omniglot: no '<part>/<Alphabet>/<character>/<image>.png' entries in {source}")
+    raise OmniglotError(f"Omniglot: no '<part>/<Alphabet>/<character>/<image>.png' entries in {source}")
   return out
 
 
@@ -80,7 +83,7 @@ def _decode(args) -> np.ndarray:
         raw = z.read(m) if z else open(os.path.join(os.path.dirname(source), m), "rb").read()
         img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
       except Exception as e:  # PIL raises several types for damaged files
-        raise ValueError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
+        raise OmniglotError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
       out[i] = 255 - np.asarray(img, np.uint8)
   finally:
     if z:
@@ -105,7 +108,7 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   root = root or DEFAULT_ROOT
   sources = _sources(root)
   key = _fingerprint(sources, size)
-  path = os.path.join(cache_dir(), f"omniglot-{size}-{key}.npz")
+  path = os.path.join(cache_root(), f"omniglot-{size}-{key}.npz")
   if os.path.exists(path):
     with np.load(path) as z:
       return ClassImages.from_per_class(list(_split_rows(z["images"], z["counts"])),
@@ -115,10 +118,9 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   names = sorted({k for _, k, _ in entries}, key=lambda k: k.split("/", 1)[1])
   jobs = [(src, [m for s, _, m in entries if s == src][i:i + 2000], size)
           for src in sources for i in range(0, sum(1 for e in entries if e[0] == src), 2000)]
-  from tqdm import tqdm
   decoded = {}
   with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-    bar = tqdm(total=len(entries), desc="decoding Omniglot", unit="img", disable=not progress)
+    bar = progress_bar(total=len(entries), desc="decoding Omniglot", unit="img", disable=not progress)
     for job, arr in zip(jobs, pool.map(_decode, jobs)):
       for m, a in zip(job[1], arr):
         decoded[(job[0], m)] = a
@@ -129,10 +131,7 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
     by_class[k].append(decoded[(src, m)])
   counts = np.array([len(by_class[n]) for n in names], np.int32)
   images = np.stack([a for n in names for a in by_class[n]])[..., None]
-  os.makedirs(cache_dir(), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, images=images, counts=counts, names=np.array(names))
-  os.replace(tmp, path)
+  write_npz(path, images=images, counts=counts, names=np.array(names))
   return ClassImages.from_per_class(list(_split_rows(images, counts)), names)
 
 

@@ -34,9 +34,10 @@ import zipfile
 from typing import Iterator
 
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
-from data.errors import DataError
+from .errors import DataError
 
 NAME = "tiny_imagenet200"
 ARCHIVE = "tiny-imagenet-200.zip"
@@ -253,6 +254,10 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
   ImageNet terms: non-commercial research and education) and place the zip, or
   the {FOLDER}/ folder extracted from it, in the manual directory.
   """
+
+  # TFDS looks for a builder's metadata files in the folder its module name
+  # spells, which is wrong for a checkout's data/ folder imported as maml_jax.data.
+  pkg_dir_path = epath.Path(os.path.dirname(os.path.abspath(__file__)))
 
   def __init__(self, **kwargs):
     # Random access (tfds.data_source) needs array_record.

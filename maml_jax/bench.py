@@ -21,7 +21,7 @@ import numpy as np
 
 from maml_jax.config import Config
 from maml_jax.episodes import Episodes, episode_labels
-from maml_jax.models import build_model
+from maml_jax.models import model_for
 from maml_jax.train_step import init_state, make_mesh, make_train_step, replicate, shard_batch
 
 WORKLOADS = {
@@ -55,7 +55,7 @@ def time_steps(cfg: Config, repeats: int = 3):
   Returns:
     (median seconds per meta-batch, all timings, compile+first-step seconds).
   """
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  model = model_for(cfg)
   mesh = make_mesh(cfg.tasks)
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels)), mesh)
   step = make_train_step(model, cfg, mesh)

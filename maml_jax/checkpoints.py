@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from maml_jax.config import Config
 from maml_jax.errors import UserError
+from maml_jax.io import write_json
 from maml_jax.models import build_model
 from maml_jax.train_step import TrainState, init_state
 
@@ -34,15 +35,6 @@ RESUMABLE_FIELDS = {"steps", "log_every", "val_every", "val_episodes", "test_epi
 
 class IncompatibleRunError(UserError):
   pass
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def read_config(workdir: str) -> Config:

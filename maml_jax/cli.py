@@ -9,8 +9,8 @@ def _enable_compilation_cache() -> None:
   starts in seconds (MAML_JAX_COMPILATION_CACHE="" turns it off)."""
   import os
   import jax
-  path = os.environ.get("MAML_JAX_COMPILATION_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "maml_jax", "jax_compilation_cache"))
+  from maml_jax.io import cache_root
+  path = os.environ.get("MAML_JAX_COMPILATION_CACHE", os.path.join(cache_root(), "jax_compilation_cache"))
   if path:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

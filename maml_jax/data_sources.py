@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from maml_jax.config import Config
-from maml_jax.episodes import ClassImages
+from maml_jax.data.class_images import ClassImages
 
 
 def synthetic_classes(num_classes: int, per_class: int, size: int, channels: int, seed: int) -> ClassImages:
@@ -34,7 +34,7 @@ def synthetic_classes(num_classes: int, per_class: int, size: int, channels: int
 def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImages]:
   """{"train", "val", "test"}: ClassImages for the configuration's dataset."""
   if cfg.dataset == "omniglot":
-    from data.omniglot import load_omniglot, standard_split
+    from maml_jax.data.omniglot import load_omniglot, standard_split
     if cfg.channels != 1:
       raise ValueError("Omniglot is grayscale: use --channels 1")
     return standard_split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
@@ -43,7 +43,7 @@ def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImage
     per = max(cfg.shots + max(cfg.queries, cfg.eval_queries), 20)
     return {name: synthetic_classes(n, per, cfg.image_size, cfg.channels, cfg.split_seed * 7 + i)
             for i, name in enumerate(("train", "val", "test"))}
-  from data import metadataset
+  from maml_jax.data import metadataset
   names = cfg.dataset.split("+")
   return metadataset.load_meta_dataset(
       names, image_size=cfg.image_size, channels=cfg.channels, workdir=workdir, split_seed=cfg.split_seed,

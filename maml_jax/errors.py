@@ -9,7 +9,7 @@ DataError`, which is caught the same way (`USER_ERRORS`).
 """
 import sys
 
-from data.errors import DataError
+from maml_jax.data.errors import DataError
 
 
 class UserError(ValueError):

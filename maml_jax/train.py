@@ -17,11 +17,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from maml_jax.checkpoints import Checkpoints, check_or_write_config, write_json
+from maml_jax.checkpoints import Checkpoints, check_or_write_config
 from maml_jax.config import Config
 from maml_jax.data_sources import load_splits
-from maml_jax.episodes import ClassImages, EpisodeSampler
-from maml_jax.models import build_model
+from maml_jax.data.class_images import ClassImages
+from maml_jax.episodes import EpisodeSampler
+from maml_jax.io import write_json
+from maml_jax.models import model_for
 from maml_jax.train_step import (init_state, make_eval_step, make_mesh, make_train_step, mean_ci95,
                                  replicate, shard_batch)
 
@@ -59,7 +61,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
       raise ValueError(f"{name} images are {d.image_shape}, the config asks for "
                        f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   synthetic = any(d.synthetic for d in splits.values())
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  model = model_for(cfg)
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
@@ -152,7 +154,7 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
   from maml_jax.checkpoints import Trained, load_trained, read_config
   if which == "init":   # the same network without meta-training: the run's seed-0 initialisation
     cfg = read_config(workdir)
-    model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+    model = model_for(cfg)
     state = init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels))
     trained = Trained(cfg, state.meta_params, model, 0)
   else:

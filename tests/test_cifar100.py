@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import splits as splits_lib
 
-from data import cifar100
+from maml_jax.data import cifar100
 
 NUM_MOCK = 1500
 

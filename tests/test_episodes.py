@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from maml_jax.episodes import ClassImages, EpisodeSampler
+from maml_jax.data.class_images import ClassImages
+from maml_jax.episodes import EpisodeSampler
 
 SIZES = (5, 9, 6, 12, 7, 5, 8)          # unequal class sizes
 TASKS, WAYS, SHOTS, QUERIES = 3, 4, 2, 3

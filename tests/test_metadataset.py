@@ -11,9 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data import metadataset as md
-from data.image_folder import ImageFolderError, fit_image
-from maml_jax.episodes import ClassImages, EpisodeSampler
+from maml_jax.data import metadataset as md
+from maml_jax.data.image_folder import ImageFolderError, fit_image
+from maml_jax.data.class_images import ClassImages
+from maml_jax.episodes import EpisodeSampler
 
 
 def make_folder(root, classes=10, per_class=5, seed=0):
@@ -147,7 +148,7 @@ def test_empty_splits_are_allowed(tmp_path):
 
 
 def test_cifar100_and_folder_combined(tmp_path):
-  from data import cifar100
+  from maml_jax.data import cifar100
   from tensorflow_datasets.core import splits as splits_lib
   make_folder(str(tmp_path / "folder"))
   # Real cifar100 metadata without records: the dataset counts as prepared and
@@ -182,7 +183,7 @@ def test_omniglot_source_uses_the_reader_at_the_target_size(tmp_path, monkeypatc
 
   (tmp_path / "omni").mkdir()
   (tmp_path / "omni" / "images_background.zip").write_bytes(b"synthetic")
-  monkeypatch.setitem(sys.modules, "data.omniglot",
+  monkeypatch.setitem(sys.modules, "maml_jax.data.omniglot",
                       types.SimpleNamespace(load_omniglot=load_omniglot))
   out = _load(tmp_path, datasets=("omniglot",), image_size=12, channels=3,
               omniglot_root=str(tmp_path / "omni"))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml_jax.episodes import ClassImages
+from maml_jax.data.class_images import ClassImages
 from maml_jax.pretrained import supervised
 
 

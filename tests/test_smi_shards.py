@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from maml_jax.smi import files, shards
+from maml_jax import io as files
+from maml_jax.smi import shards
 from maml_jax.smi.errors import SMIDataError
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import tinyimagenet as ti
+from maml_jax.data import tinyimagenet as ti
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(ROOT, "..", "shared", "data", "tinyimagenet", "tiny-imagenet-200-mini.zip")
@@ -174,8 +174,8 @@ def test_not_prepared_says_how(tmp_path):
 def test_meta_dataset_cache_matches_the_tfds_records(tmp_path):
   """The Tiny ImageNet source of the meta-dataset: every class gets exactly its
   train + validation images, fitted to the configured size and channels."""
-  from data import metadataset
-  from data.image_folder import fit_image
+  from maml_jax.data import metadataset
+  from maml_jax.data.image_folder import fit_image
   write_zip(str(tmp_path / "m"), synthetic_release(train=3, val=2)[0])
   data_dir = str(tmp_path / "d")
   # manual_dir: an unprepared Tiny ImageNet is built on first use (no TensorFlow needed).

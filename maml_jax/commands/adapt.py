@@ -169,7 +169,7 @@ def _episodes(args, learner) -> int:
 
 def main(args) -> int:
   from maml_jax.smi.errors import SMIDataError, report
-  from maml_jax.smi.learner import load_learner
+  from maml_jax.learner import load_learner
 
   try:
     if args.shots is not None and args.shots < 1:

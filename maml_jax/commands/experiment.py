@@ -152,8 +152,8 @@ def settings_from_args(args):
 
 def _user_errors() -> tuple:
   """Errors that describe bad input or missing data (shown as one message, no traceback)."""
-  from data.metadataset import MetaDatasetError
-  from data.tinyimagenet import NotPreparedError as TinyNotPrepared, TinyImagenetError
+  from maml_jax.data.metadataset import MetaDatasetError
+  from maml_jax.data.tinyimagenet import NotPreparedError as TinyNotPrepared, TinyImagenetError
   from maml_jax.checkpoints import IncompatibleRunError
   from maml_jax.experiment.meta_runs import LeakError
   from maml_jax.experiment.store import SettingsMismatchError
@@ -161,7 +161,7 @@ def _user_errors() -> tuple:
   errors = (MetaDatasetError, TinyNotPrepared, TinyImagenetError, IncompatibleRunError, LeakError,
             SettingsMismatchError, SMIDataError, FileNotFoundError)
   try:
-    from data.cifar100 import Cifar100Error, NotPreparedError as CifarNotPrepared
+    from maml_jax.data.cifar100 import Cifar100Error, NotPreparedError as CifarNotPrepared
     errors += (Cifar100Error, CifarNotPrepared)
   except ImportError:
     pass

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p = subparsers.add_parser("make-smi-demo", help="write the SYNTHETIC SMI demo data (shards, optional PNGs)",
                             description=__doc__)
   p.add_argument("--out", metavar="DIR", help="shard folder (default: the cache that `adapt` reads, "
-                                               "$MAML_JAX_CACHE or ~/.cache/maml_jax)")
+                                               "$MAML_JAX_CACHE, else ~/.cache/maml_jax)")
   p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
   p.add_argument("--images", metavar="DIR", help="also write 512x512 PNGs + labels.csv + rois.csv here")
   p.add_argument("--limit", type=int, default=0, metavar="N", help="with --images: the first N images only")

@@ -55,7 +55,8 @@ def main(args) -> int:
   import io
   import numpy as np
   from tqdm import tqdm
-  from maml_jax.smi import files, images, predictor, prepare
+  from maml_jax import io as files
+  from maml_jax.smi import images, predictor, prepare
   from maml_jax.smi.errors import SMIDataError, report
 
   try:

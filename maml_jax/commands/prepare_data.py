@@ -47,17 +47,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def prepare(name: str, manual_dir: str | None, data_dir: str | None):
   """Prepares one dataset; returns its TFDS builder."""
   if name == "cifar100":
-    from data import cifar100
+    from maml_jax.data import cifar100
     return cifar100.prepare_cifar100(data_dir, manual_dir)
   if name == "tinyimagenet":
-    from data import tinyimagenet
+    from maml_jax.data import tinyimagenet
     return tinyimagenet.prepare_tinyimagenet(data_dir, manual_dir)
   raise ValueError(f"cannot prepare {name!r}; choose from {PREPARABLE}")
 
 
 def main(args) -> int:
-  from data.cifar100 import Cifar100Error
-  from data.tinyimagenet import TinyImagenetError
+  from maml_jax.data.cifar100 import Cifar100Error
+  from maml_jax.data.tinyimagenet import TinyImagenetError
 
   for name in dict.fromkeys(args.dataset):
     start = time.time()

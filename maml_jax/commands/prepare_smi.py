@@ -54,7 +54,8 @@ example:
 
 def main(args) -> int:
   import dataclasses
-  from maml_jax.smi import files, prepare, shards
+  from maml_jax import io as files
+  from maml_jax.smi import prepare, shards
   from maml_jax.smi.errors import SMIDataError, report
 
   try:

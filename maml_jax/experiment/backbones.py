@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maml_jax.smi import files
+from maml_jax import io as files
 
 PRETRAINED = ("efficientnet", "vgg16", "supervised")
 SUPERVISED_EPOCHS = 5        # supervised pretraining budget (fixed a priori)
@@ -50,7 +50,7 @@ class NetSpec(NamedTuple):
 
   def inputs(self, crops: np.ndarray) -> jax.Array:
     """uint8 crops [n, h, w, 1] -> float32 [n, S, S, C] in [0, 1] (resized, replicated)."""
-    from maml_jax.smi.learner import to_model_input
+    from maml_jax.learner import to_model_input
     return to_model_input(np.asarray(crops)[..., 0], self.image_size, self.channels)
 
 

@@ -31,7 +31,7 @@ from maml_jax import maml
 from maml_jax.baselines.base_learning import FeatureHead
 from maml_jax.config import Config, get_preset
 from maml_jax.episodes import ClassImages, Episodes, episode_indices, episode_labels
-from maml_jax.smi import files
+from maml_jax import io as files
 
 VAL_SEED = 1_000_003
 

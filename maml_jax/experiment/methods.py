@@ -85,7 +85,7 @@ def predictor(method: str, backbone: str, ctx: Context) -> Predictor:
     raise ValueError(f"unknown column {method}/{backbone}; methods {paper.METHODS}, backbones {paper.BACKBONES}")
 
   if method in paper.META_METHODS:
-    from maml_jax.smi.learner import adapt_fn
+    from maml_jax.learner import adapt_fn
     learner = ctx.learners.get((method, backbone))
     if learner is None:
       raise RuntimeError(f"no meta-learned model for {method}/{backbone}")

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from maml_jax.experiment import paper  # noqa: E402
-from maml_jax.smi import files  # noqa: E402
+from maml_jax import io as files  # noqa: E402
 
 _COLORS = dict(zip(paper.METHODS, ("tab:blue", "tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown")))
 _STYLE = {"pretrained": ("-", "o"), "scratch": ("--", "s")}

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from maml_jax.experiment import paper, plots, store, tables
-from maml_jax.smi import files
+from maml_jax import io as files
 
 SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** The SMI numbers below come from generated, epiphysis-like "
                     "drawings (`maml_jax.smi.synthetic`), not from hand X-rays: they show that the "

@@ -115,7 +115,7 @@ def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
 # initialisation amplifies any change in floating-point rounding (an op
 # reordered, a fusion changed), so cells computed by other code are not mixed.
 CODE_FILES = ("episodes.py", "maml.py", "models", "baselines", "pretrained/efficientnet_lite0.py",
-              "pretrained/vgg16_weights.py", "pretrained/supervised.py", "smi/learner.py", "smi/trials.py",
+              "pretrained/vgg16_weights.py", "pretrained/supervised.py", "learner.py", "smi/trials.py",
               "smi/voting.py", "experiment/methods.py", "experiment/backbones.py", "experiment/feature_meta.py",
               "experiment/grid.py", "experiment/sources.py")
 
@@ -154,7 +154,7 @@ def fixed_settings(s: Settings, source: TaskSource) -> dict:
 
 def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, test_classes) -> dict:
   """Learners of the meta-learned columns, and their identities."""
-  from maml_jax.smi.learner import Learner, load_learner
+  from maml_jax.learner import Learner, load_learner
   identities = {}
   given = dict(s.meta_workdirs)
   overrides = dict(s.meta_overrides)

@@ -26,7 +26,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from maml_jax.episodes import ClassImages, EpisodeSampler, episode_labels
+from maml_jax.data.class_images import ClassImages
+from maml_jax.episodes import EpisodeSampler, episode_labels
 
 
 class Draw(NamedTuple):

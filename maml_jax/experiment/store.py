@@ -19,7 +19,7 @@ import os
 from typing import Iterable
 
 from maml_jax.errors import UserError
-from maml_jax.smi import files
+from maml_jax import io as files
 
 RESULTS, SETTINGS = "results.jsonl", "experiment.json"
 KEY_FIELDS = ("dataset", "method", "backbone", "shots", "repeat")

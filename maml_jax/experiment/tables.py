@@ -14,7 +14,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from maml_jax.experiment import paper
-from maml_jax.smi.clinical_metrics import mean_ci
+from maml_jax.stats import mean_ci
 
 MISSING = "–"
 

@@ -1,4 +1,6 @@
-"""Model registry: `build_model(name, ways, impl) -> flax.linen.Module`."""
+"""Model registry: `build_model(name, ways, impl, width)`, and `model_for(config)`."""
+import functools
+
 from maml_jax.models.convnets import VGG16, Conv4, Scratch7
 from maml_jax.models.layers import CONV_IMPLS, default_conv_impl
 
@@ -23,3 +25,10 @@ def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0):
   if name == "tiny":   # for tests: two strided blocks of 8 filters
     return Conv4(ways, features=8, impl=impl)
   raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+@functools.lru_cache(maxsize=None)
+def model_for(cfg):
+  """The network of a run configuration (`maml_jax.config.Config`); one object per
+  configuration, so that caches keyed on the model (compiled adapt steps) hit."""
+  return build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from maml_jax.episodes import ClassImages
+from maml_jax.data.class_images import ClassImages
 
 
 class EpochStats(NamedTuple):

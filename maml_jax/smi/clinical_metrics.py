@@ -1,4 +1,4 @@
-"""Scores for ordinal stage predictions, and confidence intervals over trials.
+"""Scores for ordinal stage predictions (intervals over trials: `maml_jax.stats`).
 
 Stages are ordered, so besides accuracy the pipeline reports how far off the
 wrong answers are: mean absolute error in stages, the share within one stage,
@@ -7,10 +7,9 @@ distance between stages).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import stats
+
+from maml_jax.stats import mean_ci  # noqa: F401  (the project's interval; kept importable here)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -49,21 +48,6 @@ def quadratic_kappa(y_true, y_pred, num_classes: int) -> float:
   e = np.outer(o.sum(1), o.sum(0)) / n
   den = (w * e).sum()
   return float("nan") if den == 0 else float(1.0 - (w * o).sum() / den)
-
-
-def mean_ci(values, level: float = 0.95) -> dict:
-  """Mean and the half-width of its t-distribution confidence interval.
-
-  Returns {"mean", "ci95", "std", "n"}; ci95 is NaN for fewer than 2 values.
-  """
-  v = np.asarray(values, np.float64)
-  n = len(v)
-  mean = float(v.mean()) if n else float("nan")
-  if n < 2:
-    return {"mean": mean, "ci95": float("nan"), "std": float("nan"), "n": n}
-  std = float(v.std(ddof=1))
-  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
-  return {"mean": mean, "ci95": half, "std": std, "n": n}
 
 
 def summary(y_true, y_pred, num_classes: int) -> dict:

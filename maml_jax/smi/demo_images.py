@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from maml_jax.smi import files
+from maml_jax import io as files
 from maml_jax.smi.images import IMAGE_SIZE
 from maml_jax.smi.shards import ROI_SIZE, SMIData
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from maml_jax.smi import clinical_metrics as cm
 from maml_jax.smi import trials as tr
 from maml_jax.smi import voting
-from maml_jax.smi.learner import Learner, adapt_fn, to_model_input
+from maml_jax.learner import Learner, adapt_fn, to_model_input
 from maml_jax.smi.shards import SMIData
 
 

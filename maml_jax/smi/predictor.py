@@ -24,10 +24,12 @@ import jax
 import numpy as np
 
 from maml_jax.config import Config
-from maml_jax.smi import files, voting
+from maml_jax import io as files
+from maml_jax.smi import voting
 from maml_jax.smi.errors import SMIDataError
 from maml_jax.smi.experiment import layout
-from maml_jax.smi.learner import build_model, predict_fn
+from maml_jax.learner import predict_fn
+from maml_jax.models import model_for
 
 FORMAT = "maml_jax.smi_model"
 VERSION = 1
@@ -111,7 +113,7 @@ def load(folder: str) -> AdaptedModel:
                        f"{rois.dtype} {list(rois.shape)}")
   info = {k: v for k, v in meta.items() if k not in ("config", "roi_names", "classes", "weights",
                                                      "per_roi_learners", "synthetic")}
-  return AdaptedModel(config, build_model(config), params, rois, y.astype(np.int32), roi_names,
+  return AdaptedModel(config, model_for(config), params, rois, y.astype(np.int32), roi_names,
                       tuple(meta["classes"]), np.asarray(meta["weights"], np.float64),
                       bool(meta["per_roi_learners"]), bool(meta["synthetic"]), info)
 

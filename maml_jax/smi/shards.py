@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from maml_jax.smi import files
+from maml_jax import io as files
 from maml_jax.smi.errors import SMIDataError
 from maml_jax.smi.labels import class_counts
 

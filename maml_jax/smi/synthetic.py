@@ -31,7 +31,8 @@ from typing import Optional
 
 import numpy as np
 
-from maml_jax.smi import files, shards
+from maml_jax import io as files
+from maml_jax.smi import shards
 from maml_jax.smi.errors import SMIDataError
 from maml_jax.smi.labels import PAPER_COUNTS_5, SMI5_CLASSES
 
@@ -176,14 +177,8 @@ def generate(seed: int = 0, counts=PAPER_COUNTS_5, *, pairs: Optional[int] = Non
                     "mapping": "generated directly in the 5 merged stages"})
 
 
-def default_cache_root() -> str:
-  root = os.environ.get("MAML_JAX_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "maml_jax")
-  return root
-
-
 def demo_dir(seed: int = 0, cache_root: Optional[str] = None) -> str:
-  return os.path.join(cache_root or default_cache_root(), f"smi_demo-v{GENERATOR_VERSION}-seed{seed}")
+  return os.path.join(cache_root or files.cache_root(), f"smi_demo-v{GENERATOR_VERSION}-seed{seed}")
 
 
 def write_demo(folder: str, seed: int = 0, *, overwrite: bool = True) -> shards.SMIData:

@@ -1,0 +1,57 @@
+"""A class-indexed image set: the form every dataset reader returns.
+
+An image set is stored flat, class after class, so that classes of different
+sizes (Omniglot's 20 drawings, CIFAR-100's 600 images) share one array:
+
+    images       uint8 [N, H, W, C]
+    class_start  int32 [num_classes]   first row of each class in `images`
+    class_count  int32 [num_classes]   rows of each class
+
+`maml_jax.episodes` draws N-way K-shot episodes from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassImages:
+  """A class-indexed image set (see the module docstring for the layout)."""
+  images: np.ndarray          # uint8 [N, H, W, C]; may be a np.memmap
+  class_start: np.ndarray     # int32 [num_classes]
+  class_count: np.ndarray     # int32 [num_classes]
+  class_names: tuple[str, ...] = ()
+  synthetic: bool = False
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or self.images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
+    if len(self.class_start) != len(self.class_count):
+      raise ValueError("class_start and class_count differ in length")
+    if len(self.class_count) and int(np.max(self.class_start + self.class_count)) > len(self.images):
+      raise ValueError("a class runs past the end of `images`")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_count)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  @classmethod
+  def from_per_class(cls, per_class: Sequence[np.ndarray], names: Sequence[str] = (), synthetic=False):
+    """Builds the flat layout from a list of `uint8 [n_c, H, W, C]` arrays."""
+    counts = np.array([len(a) for a in per_class], np.int32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    return cls(np.concatenate(per_class).astype(np.uint8), starts, counts, tuple(names), synthetic)
+
+  def subset(self, classes: Sequence[int]) -> "ClassImages":
+    """The listed classes only, re-indexed 0..len(classes)-1 (copies their rows)."""
+    classes = np.asarray(classes, np.int64)
+    rows = [self.images[s:s + c] for s, c in zip(self.class_start[classes], self.class_count[classes])]
+    names = tuple(self.class_names[i] for i in classes) if self.class_names else ()
+    return ClassImages.from_per_class(rows, names, self.synthetic)
