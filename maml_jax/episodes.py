@@ -116,7 +116,8 @@ class EpisodeSampler:
 
 @jax.jit
 def _to_float(x):
-  return x.astype(jnp.float32) / 255.0
+  """uint8 pixels -> float32 in [0, 1]; float32 feature vectors pass unchanged."""
+  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
 @jax.jit

@@ -9,59 +9,46 @@ meta-test evaluation uses.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from maml_jax.checkpoints import Checkpoints, check_or_write_config
 from maml_jax.config import Config
 from maml_jax.data_sources import load_splits
-from maml_jax.data.class_images import ClassImages
+from maml_jax.data.progress import progress as progress_bar
 from maml_jax.episodes import EpisodeSampler
 from maml_jax.io import write_json
 from maml_jax.models import model_for
-from maml_jax.train_step import (init_state, make_eval_step, make_mesh, make_train_step, mean_ci95,
-                                 replicate, shard_batch)
-
-VAL_SEED, TEST_SEED = 1_000_003, 2_000_003   # fixed: every evaluation sees the same episodes
-
-
-def eval_sampler(data: ClassImages, cfg: Config, seed: int) -> EpisodeSampler:
-  return EpisodeSampler(data, tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.eval_queries,
-                        seed=seed, on_device=cfg.on_device_data)
-
-
-def evaluate(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mesh, desc="evaluating",
-             progress=True) -> np.ndarray:
-  """Accuracy of each of the first `episodes` episodes of `sampler`: float [episodes]."""
-  tasks = sampler.shape["tasks"]
-  accs = []
-  for i in tqdm(range(math.ceil(episodes / tasks)), desc=desc, leave=False, disable=not progress):
-    accs.append(eval_step(meta_params, shard_batch(sampler(i), mesh)))
-  return np.concatenate([np.asarray(a) for a in accs])[:episodes]
-
+from maml_jax.evaluate import TEST_SEED, VAL_SEED, episode_accuracies, eval_sampler, evaluate_params, summary
+from maml_jax.train_step import init_state, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True) -> dict:
+def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True, *,
+                       splits: dict | None = None, model=None) -> dict:
   """Meta-trains `cfg` in `workdir`, then evaluates the best checkpoint on the
-  meta-test classes.  Returns the results written to results.json."""
+  meta-test classes.  Returns the results written to results.json.
+
+  `splits` ({"train", "val", "test"}: ClassImages) and `model` replace the
+  configuration's dataset and network; the feature-head meta-training passes
+  feature vectors and its head this way.
+  """
   cfg.validate()
   os.makedirs(workdir, exist_ok=True)
   check_or_write_config(workdir, cfg)
-  splits = load_splits(cfg, workdir)
-  for name, d in splits.items():
-    if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
-      raise ValueError(f"{name} images are {d.image_shape}, the config asks for "
-                       f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+  if splits is None:
+    splits = load_splits(cfg, workdir)
+    for name, d in splits.items():
+      if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
+        raise ValueError(f"{name} images are {d.image_shape}, the config asks for "
+                         f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   synthetic = any(d.synthetic for d in splits.values())
-  model = model_for(cfg)
+  model = model_for(cfg) if model is None else model
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
@@ -87,8 +74,8 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
 
   start = int(state.step)
   train_seconds, t_mark = 0.0, time.perf_counter()
-  bar = tqdm(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
-             disable=not progress, dynamic_ncols=True)
+  bar = progress_bar(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
+                     disable=not progress)
   postfix: dict = {}
   with open(metrics_path, "a") as log:
     for i in range(start, cfg.steps):
@@ -106,12 +93,14 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
         rec = {"step": step, "train_seconds": round(train_seconds, 2), **{k: round(v, 5) for k, v in m.items()}}
         postfix.update(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
         if do_val:
-          accs = evaluate(eval_step, state.meta_params, val, cfg.val_episodes, mesh, "validating", progress)
-          rec["val_accuracy"], rec["val_ci95"] = mean_ci95(accs)
+          val_sum = summary(episode_accuracies(eval_step, state.meta_params, val, cfg.val_episodes, mesh,
+                                               "validating", progress))
+          rec["val_accuracy"], rec["val_ci95"] = val_sum["accuracy"], val_sum["ci95"]
           postfix["val"] = f"{rec['val_accuracy']:.3f}"
           if cfg.monitor_test:
-            accs = evaluate(eval_step, state.meta_params, test, cfg.test_episodes, mesh, "testing", progress)
-            rec["test_accuracy"], rec["test_ci95"] = mean_ci95(accs)
+            test_sum = summary(episode_accuracies(eval_step, state.meta_params, test, cfg.test_episodes, mesh,
+                                                  "testing", progress))
+            rec["test_accuracy"], rec["test_ci95"] = test_sum["accuracy"], test_sum["ci95"]
             postfix["test"] = f"{rec['test_accuracy']:.3f}"
           if rec["val_accuracy"] > best["val_accuracy"]:
             best = {"step": step, "val_accuracy": rec["val_accuracy"]}
@@ -132,9 +121,10 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     final = replicate(ckpt.restore(state, best=True), mesh)
   ckpt.close()
   t0 = time.perf_counter()
-  accs = evaluate(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test", progress)
-  mean, ci = mean_ci95(accs)
-  results = {"test_accuracy": mean, "test_ci95": ci, "test_episodes": len(accs), "checkpoint_step": int(final.step),
+  final_sum = summary(episode_accuracies(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test",
+                                         progress))
+  results = {"test_accuracy": final_sum["accuracy"], "test_ci95": final_sum["ci95"],
+             "test_episodes": final_sum["episodes"], "checkpoint_step": int(final.step),
              "best_val_accuracy": best["val_accuracy"], "steps": cfg.steps, "synthetic_data": synthetic,
              "eval_inner_steps": cfg.eval_inner_steps, "ways": cfg.ways, "shots": cfg.shots,
              "train_seconds_this_run": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)}
@@ -161,13 +151,11 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
     trained = load_trained(workdir, which)
   cfg = trained.config if shots is None else trained.config.replace(shots=shots).validate()
   splits = load_splits(cfg, workdir)
-  mesh = make_mesh(cfg.tasks)
   steps = cfg.eval_inner_steps if inner_steps is None else inner_steps
-  eval_step = make_eval_step(trained.model, cfg, mesh, steps)
-  episodes = episodes or cfg.test_episodes
-  accs = evaluate(eval_step, replicate(trained.meta_params, mesh), eval_sampler(splits["test"], cfg, TEST_SEED),
-                  episodes, mesh, "meta-test", progress)
-  mean, ci = mean_ci95(accs)
-  return {"test_accuracy": mean, "test_ci95": ci, "test_episodes": len(accs), "checkpoint_step": trained.step,
+  accs = evaluate_params(trained.model, cfg, trained.meta_params, splits["test"], episodes=episodes or cfg.test_episodes,
+                         seed=TEST_SEED, steps=steps, progress=progress)
+  s = summary(accs)
+  return {"test_accuracy": s["accuracy"], "test_ci95": s["ci95"], "test_episodes": s["episodes"],
+          "per_episode": accs.tolist(), "checkpoint_step": trained.step,
           "eval_inner_steps": steps, "ways": cfg.ways, "shots": cfg.shots,
           "synthetic_data": any(d.synthetic for d in splits.values())}

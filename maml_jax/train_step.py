@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -113,11 +112,3 @@ def make_eval_step(model, cfg: Config, mesh, steps: int | None = None):
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
   return jax.jit(lambda meta_params, batch: sharded(
       meta_params, jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))))
-
-
-def mean_ci95(values) -> tuple[float, float]:
-  """Mean and the half-width of its normal-approximation 95% interval."""
-  v = np.asarray(values, np.float64)
-  if len(v) < 2:
-    return float(v.mean()) if len(v) else float("nan"), float("nan")
-  return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))

@@ -7,7 +7,7 @@ the SYNTHETIC demo data unless --smi-data is given).  Table 4: each ROI alone
 (the same cells as Table 3).
 
 Columns (method x backbone): base (the paper's Base Learning), meta (second-order
-MAML), fomaml (first order), anil (inner loop on the head only), ncm (nearest
+MAML), fomaml (first order), anil (inner loop on the output layer only), ncm (nearest
 class mean, cosine), linprobe (logistic regression); "pretrained" = frozen
 pretrained convolutions (EfficientNet-Lite0 ImageNet weights by default, VGG16 with
 --vgg16-weights, or supervised pretraining on the meta-train classes), heads

@@ -22,7 +22,10 @@ from typing import Any, Iterable, Optional
 from maml_jax.config import Config, get_preset
 from maml_jax.errors import UserError
 
-VARIANT_FLAGS = {"meta": {}, "fomaml": {"first_order": True}, "anil": {"inner_mask": "head"}}
+# The meta-learning variants, for the scratch network and the feature head alike.
+# ANIL (Raghu et al. 2020): only the output layer adapts in the inner loop; the
+# rest is learned in the outer loop only.
+VARIANT_FLAGS = {"meta": {}, "fomaml": {"first_order": True}, "anil": {"inner_mask": "head/out"}}
 
 
 class LeakError(UserError):

@@ -1,0 +1,71 @@
+"""Episode evaluation: the one way the project scores a meta-trained
+initialisation on N-way K-shot episodes of held-out classes.
+
+Training's validation, its final meta-test, `evaluate`, `adapt --dataset
+omniglot|meta-test` and the feature-head meta-training all call
+`episode_accuracies` with the sharded, jitted eval step of `train_step`, on
+episodes drawn by `eval_sampler`: episode batch i is a pure function of (seed,
+i), so the same (data, seed, tasks, ways, shots, queries) gives the same
+episodes everywhere.  Accuracies are summarised by `summary` with the t
+interval of `maml_jax.stats`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from maml_jax.config import Config
+from maml_jax.data.class_images import ClassImages
+from maml_jax.data.progress import progress as progress_bar
+from maml_jax.episodes import EpisodeSampler
+from maml_jax.stats import mean_ci
+
+# Fixed seeds: every validation sees the same episodes, and so does every
+# meta-test evaluation of a run (training's final one and `evaluate`'s).
+VAL_SEED, TEST_SEED = 1_000_003, 2_000_003
+
+
+def eval_sampler(data: ClassImages, cfg: Config, seed: int, *, shots: Optional[int] = None,
+                 queries: Optional[int] = None) -> EpisodeSampler:
+  """Batches of `cfg.tasks` evaluation episodes (`cfg.eval_queries` queries per class
+  unless `queries` is given; `cfg.shots` unless `shots` is)."""
+  return EpisodeSampler(data, tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots if shots is None else shots,
+                        queries=cfg.eval_queries if queries is None else queries, seed=seed,
+                        on_device=cfg.on_device_data)
+
+
+def episode_accuracies(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mesh,
+                       desc: str = "evaluating", progress: bool = True) -> np.ndarray:
+  """Query accuracy of each of the first `episodes` episodes of `sampler`: float [episodes].
+
+  `eval_step` is `train_step.make_eval_step(model, cfg, mesh, steps)`;
+  `meta_params` are replicated over `mesh`.
+  """
+  from maml_jax.train_step import shard_batch
+  tasks = sampler.shape["tasks"]
+  accs = []
+  for i in progress_bar(range(math.ceil(episodes / tasks)), desc=desc, unit="batch", disable=not progress,
+                        leave=False):
+    accs.append(eval_step(meta_params, shard_batch(sampler(i), mesh)))
+  return np.concatenate([np.asarray(a) for a in accs])[:episodes]
+
+
+def summary(accs) -> dict:
+  """{"accuracy": mean, "ci95": t half-width, "std", "episodes": n} of per-episode accuracies."""
+  s = mean_ci(accs)
+  return {"accuracy": s["mean"], "ci95": s["ci95"], "std": s["std"], "episodes": s["n"]}
+
+
+def evaluate_params(model, cfg: Config, meta_params, data: ClassImages, *, episodes: int, seed: int,
+                    steps: Optional[int] = None, shots: Optional[int] = None, queries: Optional[int] = None,
+                    desc: str = "meta-test", progress: bool = True) -> np.ndarray:
+  """Per-episode accuracies [episodes] of `meta_params` on `data`'s classes, after
+  `steps` inner steps (default `cfg.eval_inner_steps`): mesh, eval step and
+  sampler set up here, for callers outside the training loop."""
+  from maml_jax.train_step import make_eval_step, make_mesh, replicate
+  mesh = make_mesh(cfg.tasks)
+  eval_step = make_eval_step(model, cfg, mesh, steps)
+  sampler = eval_sampler(data, cfg, seed, shots=shots, queries=queries)
+  return episode_accuracies(eval_step, replicate(meta_params, mesh), sampler, episodes, mesh, desc, progress)
