@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import field
 from typing import Any
+
+from maml_jax.errors import UserError
+
+
+class ConfigError(UserError):
+  """Settings that cannot run (the message lists every problem)."""
 
 
 def _f(default, help: str, **kw):
@@ -100,7 +105,7 @@ class Config:
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
     if problems:
-      raise ValueError("invalid configuration: " + "; ".join(problems))
+      raise ConfigError("invalid configuration: " + "; ".join(problems))
     return self
 
 
@@ -109,13 +114,11 @@ class Config:
 # 60,000 meta-batches, 3 inner steps at test time (5 for 20-way).
 _OMNIGLOT = Config()
 PRESETS: dict[str, Config] = {
-    # The default: Omniglot 5-way 1-shot sized for about 11 minutes on a 2-core
-    # CPU.  On a fixed time budget, many small meta-batches (8 tasks, 5 queries
-    # per class) beat fewer large ones: a task costs the same either way, and
-    # more updates learn faster (90.4% validation accuracy at step 750, 93 s,
-    # against 90.2% at step 300 of 32 tasks, 171 s, with the slower layers of
-    # the time).  Learned per-tensor inner learning rates (Meta-SGD) speed up
-    # the start further.
+    # The default job: Omniglot 5-way 1-shot sized for minutes on a CPU.  On a
+    # fixed time budget, many small meta-batches (8 tasks, 5 queries per class)
+    # beat fewer large ones: a task costs the same either way, and more updates
+    # learn faster.  Learned per-tensor inner learning rates (Meta-SGD) speed up
+    # the start further.  (Measurements: docs/results.md.)
     "default": _OMNIGLOT.replace(steps=5000, tasks=8, queries=5, learn_inner_lr=True, meta_lr=3e-3,
                                  lr_schedule="cosine", val_every=250, val_episodes=200,
                                  checkpoint_every=500, log_every=50),
@@ -148,8 +151,23 @@ PRESETS: dict[str, Config] = {
 
 def get_preset(name: str) -> Config:
   if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
   return PRESETS[name]
+
+
+def _bool(text: str) -> bool:
+  if text.lower() not in ("true", "false", "1", "0"):
+    raise ValueError(text)
+  return text.lower() in ("true", "1")
+
+
+# Command-line text -> a field's value, by the field's type (the one parser).
+FIELD_PARSERS = {"int": int, "float": float, "str": str, "bool": _bool}
+
+
+def parse_field(name: str, text: str) -> Any:
+  """The value of Config field `name` from text ('5', '0.1', 'true'); ValueError if it does not parse."""
+  return FIELD_PARSERS[str({f.name: f for f in dataclasses.fields(Config)}[name].type)](text)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +181,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
       g.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                      help=f.metadata["help"])
     else:
-      typ = {"int": int, "float": float, "str": str}[str(f.type)]
+      typ = FIELD_PARSERS[str(f.type)]
       g.add_argument(*flags, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(),
                      help=f.metadata["help"] + f" (default: preset's, {f.default!r} in the base)")
 
@@ -174,7 +192,3 @@ def config_from_args(args: argparse.Namespace) -> Config:
   over = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
           if getattr(args, f.name, None) is not None}
   return cfg.replace(**over).validate()
-
-
-def config_to_json(cfg: Config) -> str:
-  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from maml_jax.config import Config
+from maml_jax.errors import UserError
 from maml_jax.data.class_images import ClassImages
 
 
@@ -36,7 +37,7 @@ def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImage
   if cfg.dataset == "omniglot":
     from maml_jax.data.omniglot import load_omniglot, standard_split
     if cfg.channels != 1:
-      raise ValueError("Omniglot is grayscale: use --channels 1")
+      raise UserError("Omniglot is grayscale: use --channels 1")
     return standard_split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
   if cfg.dataset == "synthetic":
     n = max(3 * cfg.ways, 12)

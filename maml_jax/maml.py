@@ -139,10 +139,10 @@ def inner_unroll(cfg: Config, steps: int) -> int:
 
   Unrolled, the backward pass reads each step's intermediates where the
   forward pass left them; rolled, scan stacks them into buffers and slices
-  them back out, which cost 29% of a paper-lite meta-batch on the CPU
-  (3.19 s against 2.27 s).  With remat the stored intermediates are few and
-  unrolling measured slower (paper: 27.2 s against 21.3 s, 12 GB against
-  4 GB); and compile time grows with every unrolled step, hence the cap.
+  them back out, which costs a large share of a meta-batch on the CPU.  With
+  remat the stored intermediates are few and unrolling measured slower and
+  larger; and compile time grows with every unrolled step, hence the cap
+  (measurements: docs/speed.md).
   """
   if cfg.inner_unroll:
     return cfg.inner_unroll
@@ -159,9 +159,8 @@ def task_loss(meta_params, sx, sy, qx, qy, *, model, cfg: Config, steps: int, un
 
 
 def default_task_map() -> str:
-  """The task batching that measured fastest: `vmap` on the CPU too (Omniglot
-  workload 1.1 s against 1.6 s with `lax.map`; paper-lite 4.9 s against 5.5 s),
-  since batched matrix multiplies read the parameters once for all tasks.
+  """The task batching that measured fastest: `vmap`, on the CPU too (batched
+  matrix multiplies read the parameters once for all tasks; docs/speed.md).
   `lax.map` holds one task's intermediates at a time: use it to save memory."""
   return "vmap"
 
@@ -185,23 +184,7 @@ def meta_loss(meta_params, batch: Episodes, *, model, cfg: Config, steps: int | 
   return losses.mean(), jax.tree.map(jnp.mean, metrics)
 
 
-# --------------------------------------------------------------- adaptation API
-
-def adapt_and_predict(meta_params, support_x, support_y, query_x, *, model, cfg: Config, steps: int):
-  """Adapts to a support set and classifies queries, each on its own.
-
-  The queries are normalised with the support set's batch-norm statistics, so
-  one query's prediction does not depend on the others (what a user
-  classifying new images needs).  Jit- and vmap-compatible.
-
-  Args:
-    support_x: float32 [n, H, W, C]; support_y: int32 [n]; query_x: float32 [m, H, W, C].
-  Returns:
-    (adapted params, query logits [m, ways]).
-  """
-  params, _ = adapt(meta_params, support_x, support_y, model=model, cfg=cfg, steps=steps)
-  return params, query_logits(model, params, support_x, query_x, "support")
-
+# ------------------------------------------------------------------ prediction
 
 def predict_logits(params, support_x, query_x, *, model):
   """Logits [m, ways] of adapted `params` with the support set's BN statistics."""

@@ -20,6 +20,7 @@ from maml_jax.config import Config
 from maml_jax.data_sources import load_splits
 from maml_jax.data.progress import progress as progress_bar
 from maml_jax.episodes import EpisodeSampler
+from maml_jax.errors import UserError
 from maml_jax.io import write_json
 from maml_jax.models import model_for
 from maml_jax.evaluate import TEST_SEED, VAL_SEED, episode_accuracies, eval_sampler, evaluate_params, summary
@@ -45,7 +46,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     splits = load_splits(cfg, workdir)
     for name, d in splits.items():
       if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
-        raise ValueError(f"{name} images are {d.image_shape}, the config asks for "
+        raise UserError(f"{name} images are {d.image_shape}, the config asks for "
                          f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   synthetic = any(d.synthetic for d in splits.values())
   model = model_for(cfg) if model is None else model

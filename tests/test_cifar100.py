@@ -1,6 +1,5 @@
 """CIFAR-100 reading through tfds.data_source, on tfds.testing.mock_data (random
 SYNTHETIC examples; no CIFAR-100 copy and no TensorFlow are needed)."""
-import argparse
 import importlib.util
 import os
 
@@ -79,12 +78,9 @@ def test_prepare_checks_the_archive_before_building(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
-def test_prepare_without_tensorflow_says_how(tmp_path):
-  from maml_jax.commands import prepare_data
-  parser = argparse.ArgumentParser()
-  prepare_data.add_parser(parser.add_subparsers())
-  args = parser.parse_args(["prepare-data", "--dataset", "cifar100", "--data-dir", str(tmp_path)])
-  with pytest.raises(SystemExit) as err:
-    prepare_data.main(args)
-  assert "needs TensorFlow" in str(err.value.code) and "pip install" in str(err.value.code)
+def test_prepare_without_tensorflow_says_how(tmp_path, capsys):
+  from maml_jax.cli import main
+  assert main(["prepare-data", "--dataset", "cifar100", "--data-dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "needs TensorFlow" in err and "pip install" in err
   assert not cifar100.builder(str(tmp_path)).is_prepared()

@@ -251,8 +251,8 @@ def _parse(argv):
     (["--meta-set", "nonsense=1"], "FIELD=VALUE"),
 ])
 def test_bad_command_lines_say_what_is_wrong(argv, message, capsys):
-  from maml_jax.commands import experiment
-  assert experiment.main(_parse(argv)) == 2
+  from maml_jax.cli import main
+  assert main(["experiment"] + argv) == 2
   assert message in capsys.readouterr().err
 
 

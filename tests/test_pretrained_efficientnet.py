@@ -1,5 +1,4 @@
 """EfficientNet-Lite0: the name/shape mapping, and the real ImageNet weights on real images."""
-import argparse
 import importlib.util
 import pathlib
 import re
@@ -125,11 +124,8 @@ def test_real_weights_classify_real_images_far_above_chance(capsys):
   the weights, layout, padding and normalisation are right (a wrong kernel
   transposition or input scaling lands near chance).
   """
-  from maml_jax.commands import check_backbone
-  parser = argparse.ArgumentParser()
-  check_backbone.add_parser(parser.add_subparsers())
-  args = parser.parse_args(["check-backbone", "--zip", str(TINY_ZIP), "--limit", "40", "--batch", "20"])
-  assert check_backbone.main(args) == 0
+  from maml_jax.cli import main
+  assert main(["check-backbone", "--zip", str(TINY_ZIP), "--limit", "40", "--batch", "20"]) == 0
   out = capsys.readouterr().out
   top1, n1 = map(int, re.search(r"top-1: (\d+)/(\d+)", out).groups())
   top5, n5 = map(int, re.search(r"top-5: (\d+)/(\d+)", out).groups())

@@ -1,6 +1,5 @@
 """End to end: adapt a (tiny, untrained) meta-model to SMI ROI shards, report,
 save, and predict with the kept model."""
-import argparse
 import csv
 import json
 import os
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from maml_jax import checkpoints
-from maml_jax.commands import adapt, predict
+from maml_jax.cli import main
 from maml_jax.config import get_preset
 from maml_jax.models import build_model
 from maml_jax.smi import demo_images, experiment, learner, predictor, shards, synthetic
@@ -21,9 +20,9 @@ COUNTS = (12, 12, 10, 10, 10)
 
 
 def parse(module, argv):
-  ap = argparse.ArgumentParser()
-  module.add_parser(ap.add_subparsers())
-  return ap.parse_args(argv)
+  """A command line for `cli.main` (the real dispatch); `module` names the command."""
+  assert argv[0] == module
+  return argv
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_to_model_input_shapes_and_range():
 def test_adapt_command_writes_report_and_keeps_a_model(workdir, small, tmp_path, capsys):
   folder, data = small
   out, save = tmp_path / "report", tmp_path / "model"
-  rc = adapt.main(parse(adapt, ["adapt", "--workdir", workdir, "--data", folder, "--shots", "2", "--queries", "3",
+  rc = main(parse("adapt", ["adapt", "--workdir", workdir, "--data", folder, "--shots", "2", "--queries", "3",
                                 "--trials", "2", "--out", str(out), "--save", str(save)]))
   printed = capsys.readouterr().out
   assert rc == 0 and "SYNTHETIC" in printed and "majority" in printed
@@ -102,7 +101,7 @@ def test_saved_model_predicts_like_the_trial_and_images_are_independent(workdir,
   # The predict command on PNG files made from the same query images.
   sub = data.take(q)
   demo_images.write_demo_images(str(tmp_path / "png"), sub)
-  rc = predict.main(parse(predict, ["predict", "--model", str(tmp_path / "m"), "--images", str(tmp_path / "png"),
+  rc = main(parse("predict", ["predict", "--model", str(tmp_path / "m"), "--images", str(tmp_path / "png"),
                                     "--rois", str(tmp_path / "png" / "rois.csv"), "--csv", str(tmp_path / "p.csv")]))
   assert rc == 0 and "SYNTHETIC" in capsys.readouterr().out
   rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
@@ -130,7 +129,7 @@ def test_per_roi_learners(workdir, small):
 
 def test_too_few_images_for_the_shots(workdir, small, tmp_path, capsys):
   folder, _ = small
-  rc = adapt.main(parse(adapt, ["adapt", "--workdir", workdir, "--data", folder, "--shots", "5",
+  rc = main(parse("adapt", ["adapt", "--workdir", workdir, "--data", folder, "--shots", "5",
                                 "--out", str(tmp_path / "r")]))
   err = capsys.readouterr().err
   assert rc == 2 and "Traceback" not in err
@@ -147,9 +146,9 @@ def test_corrupt_shards_and_missing_workdir(workdir, small, tmp_path, capsys):
   raw = bytearray((bad / "shard-00000.npz").read_bytes())
   raw[-100] ^= 0x10
   (bad / "shard-00000.npz").write_bytes(bytes(raw))
-  rc = adapt.main(parse(adapt, ["adapt", "--workdir", workdir, "--data", str(bad)]))
+  rc = main(parse("adapt", ["adapt", "--workdir", workdir, "--data", str(bad)]))
   assert rc == 2 and "shard-00000.npz: sha256" in capsys.readouterr().err
-  rc = adapt.main(parse(adapt, ["adapt", "--workdir", str(tmp_path / "nowhere")]))
+  rc = main(parse("adapt", ["adapt", "--workdir", str(tmp_path / "nowhere")]))
   assert rc == 2 and "nowhere: no such workdir" in capsys.readouterr().err
 
 
@@ -162,7 +161,7 @@ def test_more_classes_than_outputs(small):
 
 
 def test_meta_test_episodes(workdir, tmp_path, capsys):
-  rc = adapt.main(parse(adapt, ["adapt", "--workdir", workdir, "--dataset", "meta-test", "--trials", "4",
+  rc = main(parse("adapt", ["adapt", "--workdir", workdir, "--dataset", "meta-test", "--trials", "4",
                                 "--queries", "2", "--out", str(tmp_path / "mt")]))
   assert rc == 0
   m = json.loads((tmp_path / "mt" / "metrics.json").read_text())

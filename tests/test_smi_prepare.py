@@ -1,5 +1,4 @@
 """prepare-smi: crops centred where asked, padding, CSV forms, bad input."""
-import argparse
 import importlib.util
 import json
 import os
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maml_jax.commands import prepare_smi
+from maml_jax.cli import main
 from maml_jax.smi import images, prepare, shards
 from maml_jax.smi.errors import SMIDataError
 
@@ -16,9 +15,8 @@ ROIS = ["thumb", "mid_distal", "mid_proximal"]
 
 
 def parse(argv):
-  ap = argparse.ArgumentParser()
-  prepare_smi.add_parser(ap.add_subparsers())
-  return ap.parse_args(["prepare-smi"] + argv)
+  """The command line of `prepare-smi` (run through the real dispatch, `cli.main`)."""
+  return ["prepare-smi"] + argv
 
 
 def make_set(folder, n=5, size=(512, 512)):
@@ -132,7 +130,7 @@ def test_command_writes_shards_and_summary(tmp_path, capsys):
   write_labels(tmp_path / "labels.csv", centres, [1, 2, 3, 9, 10])
   write_long(tmp_path / "rois.csv", centres)
   Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "img" / "unlabelled.png")
-  rc = prepare_smi.main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
+  rc = main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
                                "--rois", str(tmp_path / "rois.csv"), "--out", str(tmp_path / "out")]))
   out = capsys.readouterr().out
   assert rc == 0 and "stage 1: 2" in out and "skipped 1 image" in out
@@ -150,7 +148,7 @@ def good_set(tmp_path):
 
 
 def run_bad(tmp_path, capsys, extra=()):
-  rc = prepare_smi.main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
+  rc = main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
                                "--rois", str(tmp_path / "rois.csv"), "--out", str(tmp_path / "out"), *extra]))
   err = capsys.readouterr().err
   assert rc != 0 and "error: " in err and "Traceback" not in err
@@ -205,7 +203,7 @@ def test_existing_output_is_not_overwritten(good_set, capsys):
   tmp_path, _ = good_set
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "keep.txt").write_text("x")
-  rc = prepare_smi.main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
+  rc = main(parse(["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
                                "--rois", str(tmp_path / "rois.csv"), "--out", str(tmp_path / "out")]))
   assert rc != 0 and "--overwrite" in capsys.readouterr().err
   assert os.listdir(tmp_path / "out") == ["keep.txt"]

@@ -114,12 +114,9 @@ def _smi(args, learner) -> int:
 
 
 def _episodes(args, learner) -> int:
-  import jax
-  import numpy as np
-  from maml_jax import data_sources, maml
-  from maml_jax.episodes import EpisodeSampler
-  from maml_jax.smi import clinical_metrics, report
-  from maml_jax.smi.errors import SMIDataError
+  from maml_jax import data_sources, evaluate
+  from maml_jax.errors import UserError
+  from maml_jax.smi import report
 
   cfg = learner.config
   data_cfg = cfg.replace(dataset="omniglot", data_dir="") if args.dataset == "omniglot" else cfg
@@ -127,42 +124,28 @@ def _episodes(args, learner) -> int:
     data_cfg = data_cfg.replace(data_dir=args.data)
   shots = cfg.shots if args.shots is None else args.shots
   episodes = 600 if args.trials is None else args.trials
-  try:
-    test = data_sources.load_splits(data_cfg, args.workdir)["test"]
-  except (ValueError, FileNotFoundError) as e:
-    raise SMIDataError(f"{args.dataset} test split ({data_cfg.dataset}): {e}") from None
+  test = data_sources.load_splits(data_cfg, args.workdir)["test"]
   if test.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
-    raise SMIDataError(f"{args.dataset} test images are {test.image_shape}; the model expects "
-                       f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
-  batch = min(episodes, 16)
+    raise UserError(f"{args.dataset} test images are {test.image_shape}; the model expects "
+                    f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   try:
-    sampler = EpisodeSampler(test, tasks=batch, ways=cfg.ways, shots=shots, queries=args.queries,
-                             seed=args.seed, on_device=False)
-  except ValueError as e:
-    raise SMIDataError(f"{args.dataset} test split: {e}") from None
-  eval_cfg = cfg.replace(queries=args.queries)
-
-  @jax.jit
-  def accuracies(meta_params, b):
-    fn = lambda sx, sy, qx, qy: maml.task_loss(meta_params, sx, sy, qx, qy, model=learner.model,
-                                               cfg=eval_cfg, steps=learner.steps)[1]["accuracy"]
-    return maml.map_tasks(fn, b, cfg.task_map)
-
-  from tqdm import tqdm
-  accs = []
-  for i in tqdm(range(-(-episodes // batch)), desc=f"{args.dataset} episodes", unit="batch"):
-    accs.extend(np.asarray(accuracies(learner.meta_params, sampler(i))).tolist())
-  accs = accs[:episodes]
-  stat = clinical_metrics.mean_ci(accs)
+    accs = evaluate.evaluate_params(learner.model, cfg, learner.meta_params, test, episodes=episodes,
+                                    seed=args.seed, steps=learner.steps, shots=shots, queries=args.queries,
+                                    desc=f"{args.dataset} episodes").tolist()
+  except ValueError as e:   # the sampler: too few classes or images per class for these episodes
+    raise UserError(f"{args.dataset} test split: {e}") from None
+  stat = evaluate.summary(accs)
   metrics = {"dataset": f"{args.dataset} ({data_cfg.dataset})", "synthetic": bool(test.synthetic),
              "model": {"workdir": os.path.abspath(args.workdir), "network": cfg.model, "steps": learner.steps},
              "episodes": episodes, "ways": cfg.ways, "shots": shots, "queries": args.queries, "seed": args.seed,
-             "query_bn": cfg.query_bn, "accuracy": {**stat, "per_episode": accs}}
+             "query_bn": cfg.query_bn,
+             "accuracy": {"mean": stat["accuracy"], "ci95": stat["ci95"], "std": stat["std"], "n": stat["episodes"],
+                          "per_episode": accs}}
   out = args.out or os.path.join(args.workdir, f"adapt-{args.dataset}-{shots}shot")
   paths = report.write_episode_report(out, metrics)
   tag = "SYNTHETIC " if test.synthetic else ""
   print(f"{tag}{args.dataset}: {cfg.ways}-way {shots}-shot, {episodes} episodes: accuracy "
-        f"{100 * stat['mean']:.2f} ± {100 * (stat['ci95'] if stat['n'] > 1 else float('nan')):.2f} %")
+        f"{100 * stat['accuracy']:.2f} ± {100 * stat['ci95']:.2f} % (95% t interval)")
   print(f"wrote {', '.join(paths)}")
   return 0
 

@@ -7,7 +7,7 @@ with counts next to chance.
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import time
 
 
@@ -37,22 +37,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+  from maml_jax.errors import UserError
   from maml_jax.pretrained import efficientnet_lite0, imagenet_check
   import jax
 
   if args.limit < 0 or args.batch < 1 or args.image_size < 32:
-    print("check-backbone: --limit must be >= 0, --batch >= 1 and --image-size >= 32", file=sys.stderr)
-    return 2
+    raise UserError("check-backbone: --limit must be >= 0, --batch >= 1 and --image-size >= 32")
+  for option, path in (("--zip", args.zip), ("--weights", args.weights)):
+    if path is not None and not os.path.isfile(path):
+      raise UserError(f"{option} {path}: no such file")
   start = time.time()
-  try:
-    pretrained = efficientnet_lite0.load_pretrained(args.weights, image_size=args.image_size)
-    model, variables = pretrained
-    apply = jax.jit(model.apply)
-    result = imagenet_check.check_on_tinyimagenet(
-        lambda x: apply(variables, x), args.zip, limit=args.limit or None, batch=args.batch)
-  except (FileNotFoundError, ValueError) as e:   # missing/bad files: say which, no traceback
-    print(f"check-backbone: {e}", file=sys.stderr)
-    return 2
+  model, variables = efficientnet_lite0.load_pretrained(args.weights, image_size=args.image_size)
+  apply = jax.jit(model.apply)
+  result = imagenet_check.check_on_tinyimagenet(
+      lambda x: apply(variables, x), args.zip, limit=args.limit or None, batch=args.batch)
   n = result.total
   print(f"EfficientNet-Lite0 (ImageNet weights) on {n} Tiny ImageNet validation images, "
         f"64x64 resized to {args.image_size}x{args.image_size}, 1000-way ImageNet-1k head:")

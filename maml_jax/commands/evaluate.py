@@ -18,7 +18,14 @@ def add_parser(sub):
 
 
 def main(args) -> int:
+  import os
+  from maml_jax.errors import UserError
   from maml_jax.train import evaluate_workdir
+  if not os.path.isfile(os.path.join(args.workdir, "config.json")):
+    raise UserError(f"--workdir {args.workdir}: no meta-train run there (no config.json); train one with "
+                    f"`python run.py meta-train --workdir {args.workdir}`")
+  if args.episodes is not None and args.episodes < 1 or args.inner_steps is not None and args.inner_steps < 0:
+    raise UserError("--episodes must be >= 1 and --inner-steps >= 0")
   r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress,
                        args.shots)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""

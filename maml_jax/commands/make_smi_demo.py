@@ -28,13 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(args) -> int:
   from maml_jax.smi import demo_images, shards, synthetic
-  from maml_jax.smi.errors import SMIDataError, report
 
-  try:
-    out = args.out or synthetic.demo_dir(args.seed)
-    data = synthetic.write_demo(out, args.seed, overwrite=args.overwrite or not args.out)
-  except SMIDataError as e:
-    return report(e)
+  out = args.out or synthetic.demo_dir(args.seed)
+  data = synthetic.write_demo(out, args.seed, overwrite=args.overwrite or not args.out)
   print(f"wrote {out}: {shards.describe(data)}")
   if args.images:
     n = demo_images.write_demo_images(args.images, data, args.limit, args.seed)

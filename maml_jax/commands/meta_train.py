@@ -3,7 +3,7 @@ import argparse
 
 from maml_jax.config import add_config_args, config_from_args
 
-HELP = "meta-train (default: Omniglot 5-way 1-shot, about 11 minutes on a 2-core CPU)"
+HELP = "meta-train (default: Omniglot 5-way 1-shot, the `default` preset)"
 
 
 def add_parser(sub):
@@ -12,7 +12,7 @@ def add_parser(sub):
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default", help="where the run's files go")
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
-  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--no-progress", action="store_true", help="no progress output")
   add_config_args(p)
   p.set_defaults(func=main)
 

@@ -54,30 +54,27 @@ def main(args) -> int:
   import csv
   import io
   import numpy as np
-  from tqdm import tqdm
+  from maml_jax.data.progress import progress
   from maml_jax import io as files
   from maml_jax.smi import images, predictor, prepare
-  from maml_jax.smi.errors import SMIDataError, report
+  from maml_jax.smi.errors import SMIDataError
 
-  try:
-    model = predictor.load(args.model)
-    if args.image:
-      if not os.path.isfile(args.image):
-        raise SMIDataError(f"{args.image}: no such image file")
-      paths = {os.path.splitext(os.path.basename(args.image))[0]: args.image}
-    else:
-      paths = images.list_images(args.images)
-    per_image, names, template = prepare.read_centres(args.rois)
-    if per_image is not None and len(paths) == 1 and next(iter(paths)) not in per_image and len(per_image) == 1:
-      per_image = {next(iter(paths)): next(iter(per_image.values()))}  # one image, one row set: pair them
-    rois = np.stack([images.rois_from_file(path, _centres_for(i, per_image, list(names), template,
-                                                              model.roi_names, args.rois),
-                                           coords=args.coords, roi_names=model.roi_names)
-                     for i, path in tqdm(paths.items(), desc="cropping ROIs", unit="image",
-                                         disable=len(paths) < 20)])
-    out = predictor.stage_images(model, rois, args.rule)
-  except SMIDataError as e:
-    return report(e)
+  model = predictor.load(args.model)
+  if args.image:
+    if not os.path.isfile(args.image):
+      raise SMIDataError(f"{args.image}: no such image file")
+    paths = {os.path.splitext(os.path.basename(args.image))[0]: args.image}
+  else:
+    paths = images.list_images(args.images)
+  per_image, names, template = prepare.read_centres(args.rois)
+  if per_image is not None and len(paths) == 1 and next(iter(paths)) not in per_image and len(per_image) == 1:
+    per_image = {next(iter(paths)): next(iter(per_image.values()))}  # one image, one row set: pair them
+  rois = np.stack([images.rois_from_file(path, _centres_for(i, per_image, list(names), template,
+                                                            model.roi_names, args.rois),
+                                         coords=args.coords, roi_names=model.roi_names)
+                   for i, path in progress(paths.items(), desc="cropping ROIs", unit="image",
+                                       disable=len(paths) < 20)])
+  out = predictor.stage_images(model, rois, args.rule)
   classes = model.classes
   if model.synthetic:
     print("note: this model was adapted on SYNTHETIC demo data; its stages mean nothing clinically")

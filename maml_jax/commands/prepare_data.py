@@ -56,15 +56,9 @@ def prepare(name: str, manual_dir: str | None, data_dir: str | None):
 
 
 def main(args) -> int:
-  from maml_jax.data.cifar100 import Cifar100Error
-  from maml_jax.data.tinyimagenet import TinyImagenetError
-
   for name in dict.fromkeys(args.dataset):
     start = time.time()
-    try:
-      b = prepare(name, args.manual_dir, args.data_dir)
-    except (Cifar100Error, TinyImagenetError) as e:
-      raise SystemExit(f"prepare-data {name}: {e}") from e
+    b = prepare(name, args.manual_dir, args.data_dir)
     splits = ", ".join(f"{k} {v.num_examples:,}" for k, v in b.info.splits.items())
     print(f"{name}: {splits} examples, {b.info.features['label'].num_classes} classes, "
           f"in {b.data_dir} ({time.time() - start:.0f} s)")

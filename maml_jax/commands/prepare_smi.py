@@ -56,27 +56,24 @@ def main(args) -> int:
   import dataclasses
   from maml_jax import io as files
   from maml_jax.smi import prepare, shards
-  from maml_jax.smi.errors import SMIDataError, report
+  from maml_jax.smi.errors import SMIDataError
 
-  try:
-    if args.shard_size < 1:
-      raise SMIDataError(f"--shard-size must be >= 1, got {args.shard_size}")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-      raise SMIDataError(f"{args.out}: the output folder exists and is not empty (pass --overwrite to replace it)")
-    ages = None
-    if args.age_boundaries:
-      try:
-        ages = [float(a) for a in args.age_boundaries.split(",")]
-      except ValueError:
-        raise SMIDataError(f"--age-boundaries {args.age_boundaries!r}: expected comma-separated numbers") from None
-    data, summary = prepare.build(args.images, args.labels, args.rois, coords=args.coords, stages=args.stages,
-                                  mapping=args.mapping, age_boundaries=ages, label_column=args.label_column)
-    synthetic = args.synthetic or os.path.isfile(os.path.join(args.images, "SYNTHETIC.txt"))
-    data = dataclasses.replace(data, synthetic=synthetic)
-    with files.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-      shards.write_shards(tmp, data, shard_size=args.shard_size)
-  except SMIDataError as e:
-    return report(e)
+  if args.shard_size < 1:
+    raise SMIDataError(f"--shard-size must be >= 1, got {args.shard_size}")
+  if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+    raise SMIDataError(f"{args.out}: the output folder exists and is not empty (pass --overwrite to replace it)")
+  ages = None
+  if args.age_boundaries:
+    try:
+      ages = [float(a) for a in args.age_boundaries.split(",")]
+    except ValueError:
+      raise SMIDataError(f"--age-boundaries {args.age_boundaries!r}: expected comma-separated numbers") from None
+  data, summary = prepare.build(args.images, args.labels, args.rois, coords=args.coords, stages=args.stages,
+                                mapping=args.mapping, age_boundaries=ages, label_column=args.label_column)
+  synthetic = args.synthetic or os.path.isfile(os.path.join(args.images, "SYNTHETIC.txt"))
+  data = dataclasses.replace(data, synthetic=synthetic)
+  with files.atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+    shards.write_shards(tmp, data, shard_size=args.shard_size)
   print(f"wrote {args.out}: {shards.describe(data)}")
   print("images per class:")
   for c, n in zip(summary.classes, summary.counts):

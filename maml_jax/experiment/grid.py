@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
+from maml_jax.data.progress import progress as progress_bar
 from maml_jax.experiment import paper
 from maml_jax.experiment.methods import CropTask, Predictor
 from maml_jax.experiment.sources import Draw, TaskSource
@@ -59,7 +59,7 @@ def run(source: TaskSource, columns: Sequence[tuple[str, str]], predictors: dict
           if not store.done((source.name, c[0], c[1], k, r))]
   key_of = cell_key_fn(seed)
   tag = " [SYNTHETIC data]" if source.synthetic else ""
-  bar = tqdm(total=len(todo), desc=f"{source.name} grid{tag}", unit="cell", disable=not progress, dynamic_ncols=True)
+  bar = progress_bar(total=len(todo), desc=f"{source.name} grid{tag}", unit="cell", disable=not progress)
   draws: dict[tuple[int, int], Draw] = {}
   for k, r, (method, backbone) in todo:
     if (k, r) not in draws:

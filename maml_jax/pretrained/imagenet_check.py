@@ -20,7 +20,14 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+
+from maml_jax.data.progress import progress
+from maml_jax.errors import UserError
+
+
+class CheckDataError(UserError):
+  """The Tiny ImageNet zip or the ImageNet label list is missing or not of the expected form."""
+
 
 # Where tensorflow-datasets keeps the 1000 ImageNet-1k wnids, newest layout first.
 _TFDS_LABEL_FILES = (("datasets", "imagenet2012", "labels.txt"),
@@ -38,9 +45,9 @@ def imagenet_wnids() -> tuple[str, ...]:
         with open(path) as f:
           wnids = tuple(line.strip() for line in f if line.strip())
         if len(wnids) != 1000 or len(set(wnids)) != 1000 or list(wnids) != sorted(wnids):
-          raise ValueError(f"{path}: expected 1000 sorted distinct wnids, found {len(wnids)}")
+          raise CheckDataError(f"{path}: expected 1000 sorted distinct wnids, found {len(wnids)}")
         return wnids
-  raise FileNotFoundError("ImageNet-1k label list not found: it ships with tensorflow-datasets "
+  raise CheckDataError("ImageNet-1k label list not found: it ships with tensorflow-datasets "
                           f"(looked for {[os.path.join(*p) for p in _TFDS_LABEL_FILES]} under {roots})")
 
 
@@ -55,25 +62,25 @@ def read_val_images(zip_path: str, limit: Optional[int] = None) -> tuple[np.ndar
     images uint8 [N, 64, 64, 3] (grayscale ones replicated to RGB) and their N wnids.
   """
   if not os.path.isfile(zip_path):
-    raise FileNotFoundError(f"no Tiny ImageNet zip at {zip_path}")
+    raise CheckDataError(f"no Tiny ImageNet zip at {zip_path}")
   with zipfile.ZipFile(zip_path) as zf:
     names = set(zf.namelist())
     ann = [n for n in names if n.endswith("val/val_annotations.txt")]
     if len(ann) != 1:
-      raise ValueError(f"{zip_path}: expected one val/val_annotations.txt, found {len(ann)}")
+      raise CheckDataError(f"{zip_path}: expected one val/val_annotations.txt, found {len(ann)}")
     folder = ann[0][:-len("val_annotations.txt")] + "images/"
     rows = []
     for lineno, line in enumerate(zf.read(ann[0]).decode().splitlines(), 1):
       parts = line.split("\t")
       if len(parts) < 2:
-        raise ValueError(f"{zip_path}:{ann[0]}:{lineno}: expected 'file<TAB>wnid ...', got {line!r}")
+        raise CheckDataError(f"{zip_path}:{ann[0]}:{lineno}: expected 'file<TAB>wnid ...', got {line!r}")
       if folder + parts[0] in names:
         rows.append((folder + parts[0], parts[1]))
     rows = rows[:limit] if limit is not None else rows
     if not rows:
-      raise ValueError(f"{zip_path}: no validation images listed in {ann[0]} are in the zip")
+      raise CheckDataError(f"{zip_path}: no validation images listed in {ann[0]} are in the zip")
     images = [np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB")) for n, _ in
-              tqdm(rows, desc="reading", unit="img", leave=False)]
+              progress(rows, desc="reading", unit="img", leave=False)]
   return np.stack(images), [w for _, w in rows]
 
 
@@ -98,7 +105,7 @@ def batched_apply(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, ba
   padding rows dropped from the result.
   """
   out = []
-  for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch"):
+  for i in progress(range(0, len(images), batch), desc=desc, unit="batch"):
     x = images[i:i + batch].astype(np.float32) / 255.0
     n = len(x)
     if n < batch:
@@ -116,6 +123,6 @@ def check_on_tinyimagenet(predict: Callable[[np.ndarray], np.ndarray], zip_path:
   images, val_wnids = read_val_images(zip_path, limit)
   missing = sorted(set(val_wnids) - set(index))
   if missing:
-    raise ValueError(f"{zip_path}: classes not in ImageNet-1k: {missing[:5]}")
+    raise CheckDataError(f"{zip_path}: classes not in ImageNet-1k: {missing[:5]}")
   labels = np.array([index[w] for w in val_wnids])
   return score(batched_apply(predict, images, batch), labels)

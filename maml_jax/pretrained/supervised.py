@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from maml_jax.data.class_images import ClassImages
+from maml_jax.data.progress import progress as progress_bar
 
 
 class EpochStats(NamedTuple):
@@ -83,7 +83,7 @@ def pretrain(model, data: ClassImages, *, epochs: int = 5, batch_size: int = 64,
   for epoch in range(epochs):
     order = rng.permutation(len(labels))
     losses, accs = [], []
-    bar = tqdm(range(steps), desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress)
+    bar = progress_bar(range(steps), desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress)
     for i in bar:
       rows = np.sort(order[i * batch_size:(i + 1) * batch_size])   # sorted: memmap-friendly
       params, opt_state, loss, acc = _train_step(

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
+from maml_jax.data.progress import progress as progress_bar
 from maml_jax.smi import clinical_metrics as cm
 from maml_jax.smi import trials as tr
 from maml_jax.smi import voting
@@ -83,7 +83,7 @@ def run_trials(data: SMIData, learner: Learner, *, shots: int, queries: int = 15
   folds = tr.fold_split(shots, c)
   out = dict(probs=[], query_y=[], weights=[], acc=[], s=[], q=[])
   first_params = first_support = None
-  for t in tqdm(range(trials), desc=f"SMI {shots}-shot trials", unit="trial", disable=not progress):
+  for t in progress_bar(range(trials), desc=f"SMI {shots}-shot trials", unit="trial", disable=not progress):
     draw = tr.draw_trial(data.label, c, shots, queries, seed=seed, trial=t, patient_id=data.patient_id,
                          where=where, classes=data.classes)
     s_rois, s_y = data.rois[draw.support], data.label[draw.support]

@@ -27,8 +27,8 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from maml_jax.data.progress import progress as progress_bar
 from maml_jax.smi import images as imio
 from maml_jax.smi import labels as lab
 from maml_jax.smi.errors import SMIDataError
@@ -211,7 +211,7 @@ def build(images_dir: str, labels_csv: str, rois_csv: str, *, coords: str = "ori
   labelled = set(table.image_id)
   skipped = [i for i in paths if i not in labelled]
   rois = np.zeros((len(table.image_id), len(roi_names), imio.ROI_SIZE, imio.ROI_SIZE), np.uint8)
-  for n, image_id in enumerate(tqdm(table.image_id, desc="cropping ROIs", unit="image", disable=not progress)):
+  for n, image_id in enumerate(progress_bar(table.image_id, desc="cropping ROIs", unit="image", disable=not progress)):
     centres = template if per_image is None else per_image[image_id]
     rois[n] = imio.rois_from_file(paths[image_id], centres, coords=coords, roi_names=roi_names)
   counts = lab.class_counts(table.label, len(table.classes))
