@@ -129,7 +129,7 @@ PRESETS: dict[str, Config] = {
     "omniglot-20w5s": _OMNIGLOT.replace(ways=20, shots=5, queries=5, tasks=16, inner_steps=5,
                                         inner_lr=0.1, eval_inner_steps=5),
     # The paper's settings (Min & Kang 2018) on CIFAR-100 + Tiny ImageNet at the
-    # SMI target's 64x64 grayscale.  See the README for the choice of the open
+    # SMI target's 64x64 grayscale.  See docs/results.md for the choice of the open
     # hyper-parameters.
     "paper-scratch": Config(dataset="cifar100+tinyimagenet", image_size=64, channels=1, split_seed=0,
                             ways=5, shots=20, queries=15, eval_queries=15, tasks=2, model="scratch7",
