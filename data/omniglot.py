@@ -17,15 +17,22 @@ import io
 import json
 import os
 import re
+import sys
+import tempfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from data.errors import DataError
 from maml_jax.episodes import ClassImages
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "omniglot")
 PARTS = ("images_background", "images_evaluation")
+
+
+class OmniglotError(DataError):
+  """The Omniglot source files are missing or unreadable; the message names them."""
 _PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
 
 
@@ -42,7 +49,7 @@ def _sources(root: str) -> list[str]:
     elif os.path.isdir(d):
       found.append(d)
     else:
-      raise FileNotFoundError(f"Omniglot: neither {z} nor the folder {d} exists; "
+      raise OmniglotError(f"Omniglot: neither {z} nor the folder {d} exists; "
                               f"point --data-dir at a folder holding {PARTS[0]}.zip and {PARTS[1]}.zip")
   return found
 
@@ -58,14 +65,14 @@ def _list(source: str) -> list[tuple[str, str]]:
       with zipfile.ZipFile(source) as z:
         names = z.namelist()
     except zipfile.BadZipFile as e:
-      raise ValueError(f"Omniglot: {source} is not a readable zip archive ({e})") from None
+      raise OmniglotError(f"Omniglot: {source} is not a readable zip archive ({e})") from None
   out = []
   for n in sorted(names):
     m = _PNG.search(n)
     if m:
       out.append((f"{m.group(1)}/{m.group(2)}/{m.group(3)}", n))
   if not out:
-    raise ValueError(f"Omniglot: no '<part>/<Alphabet>/<character>/<image>.png' entries in {source}")
+    raise OmniglotError(f"Omniglot: no '<part>/<Alphabet>/<character>/<image>.png' entries in {source}")
   return out
 
 
@@ -80,7 +87,7 @@ def _decode(args) -> np.ndarray:
         raw = z.read(m) if z else open(os.path.join(os.path.dirname(source), m), "rb").read()
         img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
       except Exception as e:  # PIL raises several types for damaged files
-        raise ValueError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
+        raise OmniglotError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
       out[i] = 255 - np.asarray(img, np.uint8)
   finally:
     if z:
@@ -106,10 +113,9 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   sources = _sources(root)
   key = _fingerprint(sources, size)
   path = os.path.join(cache_dir(), f"omniglot-{size}-{key}.npz")
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return ClassImages.from_per_class(list(_split_rows(z["images"], z["counts"])),
-                                        [str(n) for n in z["names"]])
+  cached = _read_cache(path, size)
+  if cached is not None:
+    return cached
   entries = [(src, k, m) for src in sources for k, m in _list(src)]
   entries.sort(key=lambda e: (e[1].split("/", 1)[1], e[2]))
   names = sorted({k for _, k, _ in entries}, key=lambda k: k.split("/", 1)[1])
@@ -130,10 +136,43 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   counts = np.array([len(by_class[n]) for n in names], np.int32)
   images = np.stack([a for n in names for a in by_class[n]])[..., None]
   os.makedirs(cache_dir(), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, images=images, counts=counts, names=np.array(names))
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=cache_dir())
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, images=images, counts=counts, names=np.array(names))
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   return ClassImages.from_per_class(list(_split_rows(images, counts)), names)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _read_cache(path: str, size: int) -> ClassImages | None:
+  """The cached decoded set, or None when there is none or it fails its check
+  (truncated, damaged, wrong shapes): then it is removed and decoded again."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      images, counts, names = z["images"], z["counts"], z["names"]
+    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 1)
+        or counts.ndim != 1 or len(counts) != len(names) or counts.min(initial=0) < 1
+        or int(counts.sum()) != len(images)):
+      raise ValueError(f"images {images.dtype} {list(images.shape)}, {len(counts)} counts summing to "
+                       f"{int(counts.sum())}, {len(names)} names")
+  except Exception as e:   # numpy and zipfile raise many types for a damaged file
+    print(f"warning: the Omniglot cache {path} is damaged ({type(e).__name__}: {e}); decoding again",
+          file=sys.stderr)
+    os.remove(path)
+    return None
+  return ClassImages.from_per_class(list(_split_rows(images, counts)), [str(n) for n in names])
 
 
 def _split_rows(images, counts):

@@ -42,7 +42,10 @@ class IncompatibleRunError(UserError):
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
+  """Writes JSON atomically (temporary file, then rename); only process 0 of a
+  multi-host run writes."""
+  if jax.process_index() != 0:
+    return
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -221,7 +224,7 @@ def truncate_metrics(path: str, upto: int) -> list[dict]:
   """Rewrites metrics.jsonl (atomically) without the steps after `upto`, which a
   resumed run logs again; returns the lines kept."""
   kept = read_metrics(path, upto)
-  if os.path.exists(path):
+  if os.path.exists(path) and jax.process_index() == 0:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -23,6 +23,7 @@ from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunE
 from maml_jax.config import Config, ConfigError
 from maml_jax.errors import UserError
 from maml_jax.data_sources import load_splits
+from maml_jax.distributed import is_primary, to_host
 from maml_jax.episodes import ClassImages, EpisodeSampler
 from maml_jax.models import build_model
 from maml_jax.train_step import (failed_step, init_state, make_eval_step, make_mesh, make_train_step, mean_ci95,
@@ -33,7 +34,7 @@ VAL_SEED, TEST_SEED = 1_000_003, 2_000_003   # fixed: every evaluation sees the 
 
 def eval_sampler(data: ClassImages, cfg: Config, seed: int) -> EpisodeSampler:
   return EpisodeSampler(data, tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.eval_queries,
-                        seed=seed, on_device=cfg.on_device_data)
+                        seed=seed, on_device=cfg.on_device_data and jax.process_count() == 1)
 
 
 def evaluate(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mesh, desc="evaluating",
@@ -43,7 +44,7 @@ def evaluate(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mes
   accs = []
   for i in tqdm(range(math.ceil(episodes / tasks)), desc=desc, leave=False, disable=not progress):
     accs.append(eval_step(meta_params, shard_batch(sampler(i), mesh)))
-  return np.concatenate([np.asarray(a) for a in accs])[:episodes]
+  return np.concatenate([to_host(a) for a in accs])[:episodes]
 
 
 class NonFiniteLossError(UserError):
@@ -114,11 +115,14 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
       best = {"step": -1, "val_accuracy": -1.0}
   if best["step"] >= 0:
     write_json(best_path, best)
-  elif os.path.exists(best_path):
+  elif os.path.exists(best_path) and is_primary():
     os.remove(best_path)
 
+  # Across hosts every process draws the same episodes on its host (a batch
+  # drawn on one local device cannot be split over other hosts' devices).
+  on_device = cfg.on_device_data and jax.process_count() == 1
   train = EpisodeSampler(splits["train"], tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
-                         queries=cfg.queries, seed=cfg.seed, on_device=cfg.on_device_data)
+                         queries=cfg.queries, seed=cfg.seed, on_device=on_device)
   val, test = eval_sampler(splits["val"], cfg, VAL_SEED), eval_sampler(splits["test"], cfg, TEST_SEED)
   train_step = make_train_step(model, cfg, mesh)
   eval_step = make_eval_step(model, cfg, mesh)
@@ -127,7 +131,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   bar = tqdm(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
              disable=not progress, dynamic_ncols=True)
   postfix: dict = {}
-  with open(metrics_path, "a") as log:
+  with open(metrics_path if is_primary() else os.devnull, "a") as log:
     for i in range(start, cfg.steps):
       state, metrics = train_step(state, shard_batch(train(i), mesh))
       step = i + 1

@@ -48,7 +48,7 @@ def test_resume_ends_with_the_same_parameters(tmp_path):
   train_and_evaluate(cfg, str(straight), progress=False)
   split = tmp_path / "split"
   train_and_evaluate(cfg.replace(steps=2), str(split), progress=False)     # stopped after 2 steps
-  with pytest.raises(FileExistsError, match="--resume"):
+  with pytest.raises(IncompatibleRunError, match="--resume"):
     train_and_evaluate(cfg, str(split), progress=False)
   train_and_evaluate(cfg, str(split), resume=True, progress=False)
   a, b = load_trained(str(straight), "latest"), load_trained(str(split), "latest")
