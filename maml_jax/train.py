@@ -18,12 +18,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_record, check_or_write_config,
-                                  config_differences, read_config, truncate_metrics, write_json)
+from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_record,
+                                  check_or_write_config, config_differences, read_config, truncate_metrics,
+                                  write_json)
 from maml_jax.config import Config, ConfigError
-from maml_jax.errors import UserError
 from maml_jax.data_sources import load_splits
 from maml_jax.distributed import is_primary, to_host
+from maml_jax.errors import UserError
 from maml_jax.episodes import ClassImages, EpisodeSampler
 from maml_jax.models import build_model
 from maml_jax.train_step import (failed_step, init_state, make_eval_step, make_mesh, make_train_step, mean_ci95,

@@ -83,5 +83,5 @@ def test_cli_meta_train_and_evaluate(tmp_path, capsys):
                "--checkpoint", "init"]) == 0
   out = capsys.readouterr().out
   assert "3-way 2-shot" in out and "4 episodes" in out and "step 0" in out
-  with pytest.raises(ValueError, match="shots=0 must be >= 1"):
-    main(["evaluate", "--workdir", str(tmp_path), "--no-progress", "--shots", "0"])
+  assert main(["evaluate", "--workdir", str(tmp_path), "--no-progress", "--shots", "0"]) == 2
+  assert "error: invalid configuration: shots=0 must be >= 1" in capsys.readouterr().err
