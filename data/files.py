@@ -33,12 +33,20 @@ def atomic_path(path: str) -> Iterator[str]:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
   os.close(fd)
+  os.chmod(tmp, 0o666 & ~umask())   # mkstemp makes 0600; the result follows the umask like any file
   try:
     yield tmp
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def umask() -> int:
+  """The process's file-creation mask (read without changing it for long)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def write_bytes(path: str, data: bytes) -> None:

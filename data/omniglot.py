@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
+import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 
@@ -29,11 +29,13 @@ from .progress import progress as progress_bar
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "omniglot")
 PARTS = ("images_background", "images_evaluation")
-_PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
 
 
 class OmniglotError(DataError):
-  """The Omniglot files are missing or unreadable."""
+  """The Omniglot source files are missing or unreadable; the message names them."""
+
+
+_PNG = re.compile(r"(?:^|/)(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
 
 
 def _sources(root: str) -> list[str]:
@@ -109,10 +111,9 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   sources = _sources(root)
   key = _fingerprint(sources, size)
   path = os.path.join(cache_root(), f"omniglot-{size}-{key}.npz")
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return ClassImages.from_per_class(list(_split_rows(z["images"], z["counts"])),
-                                        [str(n) for n in z["names"]])
+  cached = _read_cache(path, size)
+  if cached is not None:
+    return cached
   entries = [(src, k, m) for src in sources for k, m in _list(src)]
   entries.sort(key=lambda e: (e[1].split("/", 1)[1], e[2]))
   names = sorted({k for _, k, _ in entries}, key=lambda k: k.split("/", 1)[1])
@@ -133,6 +134,27 @@ def load_omniglot(root: str | None = None, size: int = 28, progress: bool = True
   images = np.stack([a for n in names for a in by_class[n]])[..., None]
   write_npz(path, images=images, counts=counts, names=np.array(names))
   return ClassImages.from_per_class(list(_split_rows(images, counts)), names)
+
+
+def _read_cache(path: str, size: int) -> ClassImages | None:
+  """The cached decoded set, or None when there is none or it fails its check
+  (truncated, damaged, wrong shapes): then it is removed and decoded again."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      images, counts, names = z["images"], z["counts"], z["names"]
+    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 1)
+        or counts.ndim != 1 or len(counts) != len(names) or counts.min(initial=0) < 1
+        or int(counts.sum()) != len(images)):
+      raise ValueError(f"images {images.dtype} {list(images.shape)}, {len(counts)} counts summing to "
+                       f"{int(counts.sum())}, {len(names)} names")
+  except Exception as e:   # numpy and zipfile raise many types for a damaged file
+    print(f"warning: the Omniglot cache {path} is damaged ({type(e).__name__}: {e}); decoding again",
+          file=sys.stderr)
+    os.remove(path)
+    return None
+  return ClassImages.from_per_class(list(_split_rows(images, counts)), [str(n) for n in names])
 
 
 def _split_rows(images, counts):

@@ -15,48 +15,72 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from maml_jax.config import Config
 from maml_jax.errors import UserError
-from maml_jax.io import write_json
+from maml_jax import io
 from maml_jax.models import build_model
 from maml_jax.train_step import TrainState, init_state
 
-# Fields that may differ between a run and its resumption: they change how long
-# or how verbosely it runs, not what it computes per step.
-RESUMABLE_FIELDS = {"steps", "log_every", "val_every", "val_episodes", "test_episodes",
-                    "checkpoint_every", "keep_checkpoints", "data_dir", "on_device_data",
-                    "conv_impl", "task_map", "remat", "monitor_test", "manual_dir"}
+# Fields that may differ between a run and its resumption: they change how long,
+# how verbosely or from where it runs, never what a step computes nor which
+# checkpoint is chosen.  Everything else (conv_impl, task_map and remat change
+# the floating-point results; val_every and val_episodes change the best
+# checkpoint) must match.  `steps` may change only with a constant schedule:
+# the cosine schedule is stretched over `steps`.
+RESUMABLE_FIELDS = {"steps", "log_every", "test_episodes", "checkpoint_every", "keep_checkpoints",
+                    "data_dir", "manual_dir", "monitor_test", "on_device_data"}
 
 
 class IncompatibleRunError(UserError):
   pass
 
 
+def write_json(path: str, obj: Any) -> None:
+  """`maml_jax.io.write_json` on process 0 only: a multi-host run writes its files once."""
+  if jax.process_index() == 0:
+    io.write_json(path, obj)
+
+
 def read_config(workdir: str) -> Config:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} holds no run (no config.json); train one with `python run.py meta-train "
-                            f"--workdir {workdir}`")
-  with open(path) as f:
-    return Config.from_dict(json.load(f))
+    raise IncompatibleRunError(f"{workdir} holds no run (no config.json); train one with `python run.py "
+                               f"meta-train --workdir {workdir}`")
+  try:
+    with open(path) as f:
+      d = json.load(f)
+    if not isinstance(d, dict):
+      raise ValueError(f"a JSON {type(d).__name__}, not an object")
+    return Config.from_dict(d)
+  except (OSError, ValueError, TypeError) as e:
+    raise IncompatibleRunError(f"{path}: not a readable run configuration ({e})") from None
+
+
+def config_differences(old: Config, new: Config) -> dict[str, tuple]:
+  """{field: (old, new)} of the differences that would change a resumed run's result."""
+  diff = {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(Config)
+          if getattr(old, f.name) != getattr(new, f.name) and f.name not in RESUMABLE_FIELDS}
+  if old.steps != new.steps and "cosine" in (old.lr_schedule, new.lr_schedule):
+    diff["steps"] = (old.steps, new.steps)   # the cosine schedule decays over `steps`
+  return diff
 
 
 def check_or_write_config(workdir: str, cfg: Config) -> None:
   """Writes config.json, or checks a present one against `cfg`."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
-    old = read_config(workdir)
-    diff = {f.name: (getattr(old, f.name), getattr(cfg, f.name)) for f in dataclasses.fields(Config)
-            if getattr(old, f.name) != getattr(cfg, f.name) and f.name not in RESUMABLE_FIELDS}
+    diff = config_differences(read_config(workdir), cfg)
     if diff:
       lines = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now" for k, (a, b) in sorted(diff.items()))
-      raise IncompatibleRunError(f"{workdir} holds a run with another configuration ({lines}). "
-                                 f"Use another --workdir, or the same settings.")
+      raise IncompatibleRunError(f"{workdir} holds a run with another configuration ({lines}); these "
+                                 f"settings change the result. Use another --workdir, or the same settings.")
   write_json(path, cfg.to_dict())
 
 
@@ -64,35 +88,152 @@ def _state_dict(state: TrainState) -> dict:
   return {"step": state.step, "meta_params": state.meta_params, "opt_state": state.opt_state}
 
 
+class CheckpointError(UserError):
+  """No checkpoint of a workdir restores and verifies; the message lists each one tried and why."""
+
+
+def _warn(msg: str) -> None:
+  print(f"warning: {msg}", file=sys.stderr)
+
+
+def verify(tree, step: int, where: str) -> None:
+  """Raises CheckpointError unless `tree` (a restored state dict) is the checkpoint of
+  `step` and every value is finite (a non-finite state is never saved, so one
+  that is found was damaged on disk)."""
+  if "step" in tree and int(tree["step"]) != step:
+    raise CheckpointError(f"{where}: holds step {int(tree['step'])}, its folder says {step}")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+      raise CheckpointError(f"{where}: {jax.tree_util.keystr(path)} holds non-finite values")
+
+
 class Checkpoints:
-  """Latest-N and best checkpoints of a run."""
+  """Latest-N and best checkpoints of a run.
+
+  Best and latest live in separate folders (`best/N`, `checkpoints/N`).  Every
+  save is an orbax atomic rename, so a kill leaves each step either complete
+  or absent.  A step that is saved again (a resumed run replays the steps
+  after its checkpoint, bit-identically) replaces the one on disk, so best and
+  latest never collide with a leftover of the interrupted run.  Best
+  checkpoints are pruned by `prune_best`, never by orbax: the best as of
+  every latest checkpoint must survive until that checkpoint is superseded.
+  """
 
   def __init__(self, workdir: str, keep: int = 3):
     self.workdir = os.path.abspath(workdir)
     opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True)
     self.latest = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"), options=opts(keep))
-    self.best = ocp.CheckpointManager(os.path.join(self.workdir, "best"), options=opts(1))
+    self.best = ocp.CheckpointManager(os.path.join(self.workdir, "best"), options=opts(None))
+
+  def _mngr(self, best: bool):
+    return self.best if best else self.latest
+
+  def steps(self, best: bool = False) -> list[int]:
+    """The steps on disk, newest first."""
+    mngr = self._mngr(best)
+    mngr.reload()
+    return sorted(mngr.all_steps(), reverse=True)
 
   def save(self, state: TrainState, best: bool = False) -> None:
-    mngr = self.best if best else self.latest
-    mngr.save(int(state.step), args=ocp.args.StandardSave(_state_dict(state)), force=True)
+    mngr, step = self._mngr(best), int(state.step)
+    if step in mngr.all_steps():   # a leftover of an interrupted run: same step, replaced
+      mngr.delete(step)
+    mngr.save(step, args=ocp.args.StandardSave(_state_dict(state)), force=True)
     mngr.wait_until_finished()
+
+  def delete(self, step: int, best: bool = False) -> None:
+    self._mngr(best).delete(step)
+
+  def prune_best(self, keep_from: int) -> None:
+    """Deletes best checkpoints older than step `keep_from` (the current best)."""
+    for s in self.steps(best=True):
+      if s < keep_from:
+        self.best.delete(s)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def restore(self, template: TrainState, best: bool = False, step: int | None = None) -> TrainState:
-    """Restores into `template` (a TrainState of arrays or ShapeDtypeStructs)."""
-    mngr = self.best if best else self.latest
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no {'best' if best else ''} checkpoint in {self.workdir}")
-    d = mngr.restore(step, args=ocp.args.StandardRestore(_state_dict(template)))
+  def restore_step(self, template: TrainState, step: int, best: bool = False) -> TrainState:
+    """The verified checkpoint of `step` restored into `template`; CheckpointError if damaged."""
+    where = os.path.join(self.workdir, "best" if best else "checkpoints", str(step))
+    try:
+      d = self._mngr(best).restore(step, args=ocp.args.StandardRestore(_state_dict(template)))
+    except Exception as e:   # orbax and tensorstore raise many types for damaged files
+      raise CheckpointError(f"{where}: cannot be restored ({type(e).__name__}: {_short(e)})") from None
+    verify(d, step, where)
     return TrainState(d["step"], d["meta_params"], d["opt_state"])
+
+  def restore(self, template: TrainState, best: bool = False, step: int | None = None) -> TrainState:
+    """Restores into `template` (a TrainState of arrays or ShapeDtypeStructs): the
+    given step, or the newest one that restores and verifies (skipped ones are
+    reported on stderr)."""
+    if step is not None:
+      return self.restore_step(template, step, best)
+    return self.restore_newest(template, best)[0]
+
+  def restore_newest(self, template: TrainState, best: bool = False) -> tuple[TrainState, list[str]]:
+    """(state, reasons): the newest checkpoint that restores and verifies, and why
+    each newer one was skipped (also printed as warnings)."""
+    skipped = []
+    for s in self.steps(best):
+      try:
+        state = self.restore_step(template, s, best)
+      except CheckpointError as e:
+        skipped.append(str(e))
+        _warn(f"skipped checkpoint {s}: {e}")
+        continue
+      return state, skipped
+    kind = "best" if best else "latest"
+    raise CheckpointError(f"no {kind} checkpoint in {self.workdir} restores" +
+                          (": " + "; ".join(skipped) if skipped else " (there is none)"))
 
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def _short(e: BaseException, n: int = 200) -> str:
+  s = " ".join(str(e).split())
+  return s if len(s) <= n else s[:n] + "..."
+
+
+def read_metrics(path: str, upto: int | None = None) -> list[dict]:
+  """The JSON lines of metrics.jsonl with step <= `upto` (all if None); a line cut
+  short by a kill is dropped."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(rec, dict) and isinstance(rec.get("step"), int) and (upto is None or rec["step"] <= upto):
+        out.append(rec)
+  return out
+
+
+def truncate_metrics(path: str, upto: int) -> list[dict]:
+  """Rewrites metrics.jsonl (atomically) without the steps after `upto`, which a
+  resumed run logs again; returns the lines kept."""
+  kept = read_metrics(path, upto)
+  if os.path.exists(path) and jax.process_index() == 0:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+  return kept
+
+
+def best_record(lines: list[dict]) -> dict:
+  """{"step", "val_accuracy"} of the first best validation in `lines` ({-1, -1.0} if none)."""
+  best = {"step": -1, "val_accuracy": -1.0}
+  for r in lines:
+    if "val_accuracy" in r and r["val_accuracy"] > best["val_accuracy"]:
+      best = {"step": r["step"], "val_accuracy": r["val_accuracy"]}
+  return best
 
 
 def abstract_state(model, cfg: Config, image_shape) -> TrainState:
@@ -108,18 +249,44 @@ class Trained(NamedTuple):
   step: int
 
 
+def _restore_params(directory: str, step: int, template) -> Any:
+  """Only the meta-parameters of one checkpoint (no optimizer state is read)."""
+  t = {"step": template.step, "meta_params": template.meta_params}
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=dev), t)
+  where = os.path.join(directory, str(step))
+  try:
+    with ocp.CheckpointManager(directory) as mngr:
+      d = mngr.restore(step, args=ocp.args.PyTreeRestore(t, restore_args=args, partial_restore=True))
+  except Exception as e:   # orbax and tensorstore raise many types for damaged files
+    raise CheckpointError(f"{where}: cannot be restored ({type(e).__name__}: {_short(e)})") from None
+  verify(d, step, where)
+  return d["meta_params"]
+
+
 def load_trained(workdir: str, which: str = "best") -> Trained:
-  """The meta-parameters of a workdir's best (or latest) checkpoint."""
+  """The meta-parameters of a workdir's best (or latest) checkpoint, restored
+  without the optimizer state.  A checkpoint that does not restore or verify is
+  skipped with a warning for the next older one (best first, then latest, for
+  `which="best"`)."""
   cfg = read_config(workdir)
   model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
   template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
-  ck = Checkpoints(workdir, cfg.keep_checkpoints)
-  try:
-    use_best = which == "best" and ck.best.latest_step() is not None
-    if not use_best and ck.latest_step() is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint; train with `python run.py meta-train "
-                              f"--workdir {workdir}`")
-    state = ck.restore(template, best=use_best)
-  finally:
-    ck.close()
-  return Trained(cfg, state.meta_params, model, int(state.step))
+  kinds = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
+  skipped = []
+  for kind in kinds:
+    directory = os.path.join(os.path.abspath(workdir), kind)
+    steps = sorted((int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else []) if n.isdigit()),
+                   reverse=True)
+    for step in steps:
+      try:
+        params = _restore_params(directory, step, template)
+      except CheckpointError as e:
+        skipped.append(str(e))
+        _warn(f"skipped checkpoint {kind}/{step}: {e}")
+        continue
+      return Trained(cfg, params, model, step)
+  if skipped:
+    raise CheckpointError(f"no checkpoint of {workdir} restores: " + "; ".join(skipped))
+  raise CheckpointError(f"{workdir} holds no checkpoint; train with `python run.py meta-train "
+                        f"--workdir {workdir}`")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from dataclasses import field
 from typing import Any
 
@@ -88,10 +90,18 @@ class Config:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-      raise ValueError(f"unknown config fields: {sorted(unknown)}")
+      raise ConfigError(f"unknown config fields: {sorted(unknown)}")
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    for f in dataclasses.fields(cls):
+      if f.name in d and (not isinstance(d[f.name], types[str(f.type)]) or
+                          (str(f.type) != "bool" and isinstance(d[f.name], bool))):
+        raise ConfigError(f"config field {f.name!r} must be {f.type}, got {d[f.name]!r}")
     return cls(**d)
 
   def validate(self) -> "Config":
+    """Returns self, or raises ConfigError listing every setting that cannot be valid."""
+    from data.metadataset import DATASETS   # (lazy: neither imports the config)
+    from maml_jax.models import MODELS
     problems = []
     if self.ways < 2: problems.append(f"ways={self.ways} must be >= 2")
     if self.shots < 1: problems.append(f"shots={self.shots} must be >= 1")
@@ -104,6 +114,27 @@ class Config:
     if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
+    if self.model not in MODELS: problems.append(f"model={self.model!r} is not one of {', '.join(MODELS)}")
+    bad = [n for n in self.dataset.split("+") if n not in DATASETS]
+    if self.dataset not in ("omniglot", "synthetic") and (bad or not self.dataset):
+      problems.append(f"dataset={self.dataset!r}: {', '.join(map(repr, bad)) or 'empty'} is not one of "
+                      f"omniglot, synthetic, or a '+'-joined subset of {', '.join(DATASETS)}")
+    # Counts and sizes that must be positive (0 would divide by zero or do nothing).
+    for name in ("image_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "val_episodes",
+                 "test_episodes"):
+      if getattr(self, name) < 1: problems.append(f"{name}={getattr(self, name)} must be >= 1")
+    if self.val_every < 0: problems.append(f"val_every={self.val_every} must be >= 0 (0 = never)")
+    if not (math.isfinite(self.width) and self.width > 0): problems.append(f"width={self.width} must be > 0")
+    for name in ("meta_lr", "inner_lr"):
+      v = getattr(self, name)
+      if not (math.isfinite(v) and v > 0): problems.append(f"{name}={v} must be a finite number > 0")
+    if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
+      problems.append(f"clip_norm={self.clip_norm} must be a finite number >= 0 (0 = off)")
+    for name in ("inner_mask", "outer_mask"):
+      try:
+        re.compile(getattr(self, name))
+      except re.error as e:
+        problems.append(f"{name}={getattr(self, name)!r} is not a regular expression ({e})")
     if problems:
       raise ConfigError("invalid configuration: " + "; ".join(problems))
     return self

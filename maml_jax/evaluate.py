@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import jax
 import numpy as np
 
 from maml_jax.config import Config
@@ -33,7 +34,7 @@ def eval_sampler(data: ClassImages, cfg: Config, seed: int, *, shots: Optional[i
   unless `queries` is given; `cfg.shots` unless `shots` is)."""
   return EpisodeSampler(data, tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots if shots is None else shots,
                         queries=cfg.eval_queries if queries is None else queries, seed=seed,
-                        on_device=cfg.on_device_data)
+                        on_device=cfg.on_device_data and jax.process_count() == 1)
 
 
 def episode_accuracies(eval_step, meta_params, sampler: EpisodeSampler, episodes: int, mesh,
@@ -43,13 +44,14 @@ def episode_accuracies(eval_step, meta_params, sampler: EpisodeSampler, episodes
   `eval_step` is `train_step.make_eval_step(model, cfg, mesh, steps)`;
   `meta_params` are replicated over `mesh`.
   """
+  from maml_jax.distributed import to_host
   from maml_jax.train_step import shard_batch
   tasks = sampler.shape["tasks"]
   accs = []
   for i in progress_bar(range(math.ceil(episodes / tasks)), desc=desc, unit="batch", disable=not progress,
                         leave=False):
     accs.append(eval_step(meta_params, shard_batch(sampler(i), mesh)))
-  return np.concatenate([np.asarray(a) for a in accs])[:episodes]
+  return np.concatenate([to_host(a) for a in accs])[:episodes]
 
 
 def summary(accs) -> dict:

@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from typing import Iterator
 
-from maml_jax.data.files import (atomic_path, cache_root, sha256_file, write_bytes, write_json,  # noqa: F401
-                                 write_npz, write_text)
+from maml_jax.data.files import (atomic_path, cache_root, sha256_file, umask, write_bytes,  # noqa: F401
+                                 write_json, write_npz, write_text)
 from maml_jax.errors import UserError
 
 
@@ -47,12 +47,15 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     raise OutputExistsError(f"{path}: the output folder exists and is not empty (pass --overwrite to replace it)")
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+  prefix = f".{os.path.basename(path)}.{os.getpid()}."
+  remove_stale(parent, os.path.basename(path))
+  tmp = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent)
+  os.chmod(tmp, 0o777 & ~umask())   # mkdtemp makes 0700; the result follows the umask like any folder
   try:
     yield tmp
     old = None
     if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
+      old = tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=parent)
       os.rmdir(old)
       os.replace(path, old)
     os.replace(tmp, path)
@@ -61,3 +64,31 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(parent: str, name: str) -> list[str]:
+  """Removes the temporary folders `atomic_dir` left beside `parent/name` when
+  its process was killed (`.name.<pid>.*.tmp|.old` of a process that is gone);
+  returns their paths."""
+  gone = []
+  for entry in os.listdir(parent):
+    head = f".{name}."
+    if not (entry.startswith(head) and entry.endswith((".tmp", ".old"))):
+      continue
+    pid = entry[len(head):].split(".", 1)[0]
+    if not pid.isdigit() or _alive(int(pid)):
+      continue
+    full = os.path.join(parent, entry)
+    shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
+    gone.append(full)
+  return gone
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # another user's process
+    return True
+  return True

@@ -10,24 +10,41 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
-import numpy as np
 
-from maml_jax.checkpoints import Checkpoints, check_or_write_config
-from maml_jax.config import Config
+from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_record, check_or_write_config,
+                                  config_differences, read_config, truncate_metrics, write_json)
+from maml_jax.config import Config, ConfigError
 from maml_jax.data_sources import load_splits
 from maml_jax.data.progress import progress as progress_bar
+from maml_jax.distributed import is_primary
 from maml_jax.episodes import EpisodeSampler
 from maml_jax.errors import UserError
-from maml_jax.io import write_json
 from maml_jax.models import model_for
 from maml_jax.evaluate import TEST_SEED, VAL_SEED, episode_accuracies, eval_sampler, evaluate_params, summary
-from maml_jax.train_step import init_state, make_eval_step, make_mesh, make_train_step, replicate, shard_batch
+from maml_jax.train_step import (failed_step, init_state, make_eval_step, make_mesh, make_train_step, replicate,
+                                 shard_batch)
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class NonFiniteLossError(UserError):
+  """The loss or meta-gradient of a step was not finite; the run stopped, its
+  checkpoints (all from earlier steps) are kept."""
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def _stop_if_failed(state, ckpt: Checkpoints) -> None:
+  bad = failed_step(state)
+  if bad is not None:
+    done = ckpt.steps()
+    kept = f"the last checkpoint, of step {done[0]}, is kept" if done else "no checkpoint was saved yet"
+    raise NonFiniteLossError(f"the loss or meta-gradient became non-finite (NaN or inf) at step {bad}; the run "
+                             f"stopped there, {kept}. Lower --meta-lr or --inner-lr, or set --clip-norm")
 
 
 def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True, *,
@@ -38,57 +55,78 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   `splits` ({"train", "val", "test"}: ClassImages) and `model` replace the
   configuration's dataset and network; the feature-head meta-training passes
   feature vectors and its head this way.
+
+  Nothing is written to `workdir` before the configuration, the workdir's
+  earlier run (if any) and the data have been checked.  A resumed run restarts
+  from the newest checkpoint that restores and verifies, drops the metrics
+  logged after it, and replays the steps after it bit-identically.
   """
   cfg.validate()
-  os.makedirs(workdir, exist_ok=True)
-  check_or_write_config(workdir, cfg)
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    diff = config_differences(read_config(workdir), cfg)
+    if diff:
+      check_or_write_config(workdir, cfg)   # raises, naming the differences
+  if _has_checkpoints(workdir) and not resume:
+    raise IncompatibleRunError(f"{workdir} already holds checkpoints; pass --resume to continue that run, "
+                               f"or use another --workdir")
   if splits is None:
     splits = load_splits(cfg, workdir)
     for name, d in splits.items():
       if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
-        raise UserError(f"{name} images are {d.image_shape}, the config asks for "
-                         f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+        raise ConfigError(f"{name} images are {d.image_shape}, the config asks for "
+                          f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   synthetic = any(d.synthetic for d in splits.values())
   model = model_for(cfg) if model is None else model
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
+  os.makedirs(workdir, exist_ok=True)
+  check_or_write_config(workdir, cfg)
   ckpt = Checkpoints(workdir, cfg.keep_checkpoints)
   best_path, metrics_path = os.path.join(workdir, "best.json"), os.path.join(workdir, "metrics.jsonl")
-  best = {"step": -1, "val_accuracy": -1.0}
-  if ckpt.latest_step() is not None:
-    if not resume:
-      raise FileExistsError(f"{workdir} already holds checkpoints (latest step {ckpt.latest_step()}); "
-                            f"pass --resume to continue that run, or use another --workdir")
-    state = replicate(ckpt.restore(state), mesh)
-    if os.path.exists(best_path):
-      with open(best_path) as f:
-        best = json.load(f)
-  elif os.path.exists(metrics_path):
-    os.remove(metrics_path)   # a run that never reached its first checkpoint starts over
+  if ckpt.steps():
+    state, _ = ckpt.restore_newest(state)
+    state = replicate(state, mesh)
+  start = int(state.step)
+  # The steps after `start` are replayed: their log lines and best checkpoints go.
+  best = best_record(truncate_metrics(metrics_path, start))
+  for s in ckpt.steps(best=True):
+    if s > start or s < best["step"]:
+      ckpt.delete(s, best=True)
+  if best["step"] >= 0:
+    try:
+      ckpt.restore_step(state, best["step"], best=True)
+    except CheckpointError as e:   # lost or damaged on disk (a kill never does this)
+      print(f"warning: the best checkpoint of step {best['step']} is unusable ({e}); the best is chosen "
+            f"again among the validations after step {start}", file=sys.stderr)
+      best = {"step": -1, "val_accuracy": -1.0}
+  if best["step"] >= 0:
+    write_json(best_path, best)
+  elif os.path.exists(best_path) and is_primary():
+    os.remove(best_path)
 
+  # Across hosts every process draws the same episodes on its host (a batch
+  # drawn on one local device cannot be split over other hosts' devices).
+  on_device = cfg.on_device_data and jax.process_count() == 1
   train = EpisodeSampler(splits["train"], tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
-                         queries=cfg.queries, seed=cfg.seed, on_device=cfg.on_device_data)
+                         queries=cfg.queries, seed=cfg.seed, on_device=on_device)
   val, test = eval_sampler(splits["val"], cfg, VAL_SEED), eval_sampler(splits["test"], cfg, TEST_SEED)
   train_step = make_train_step(model, cfg, mesh)
   eval_step = make_eval_step(model, cfg, mesh)
 
-  start = int(state.step)
   train_seconds, t_mark = 0.0, time.perf_counter()
   bar = progress_bar(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
                      disable=not progress)
   postfix: dict = {}
-  with open(metrics_path, "a") as log:
+  with open(metrics_path if is_primary() else os.devnull, "a") as log:
     for i in range(start, cfg.steps):
       state, metrics = train_step(state, shard_batch(train(i), mesh))
       step = i + 1
       bar.update(1)
       do_val = cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps)
       if step % cfg.log_every == 0 or step == cfg.steps or do_val:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
-          raise NonFiniteLossError(f"loss became {m['loss']} at step {step}; lower --meta-lr or "
-                                   f"--inner-lr, or set --clip-norm")
+        _stop_if_failed(state, ckpt)
+        m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
         train_seconds += time.perf_counter() - t_mark
         t_mark = time.perf_counter()
         rec = {"step": step, "train_seconds": round(train_seconds, 2), **{k: round(v, 5) for k, v in m.items()}}
@@ -112,14 +150,17 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
         bar.set_postfix(postfix, refresh=False)
         t_mark = time.perf_counter()   # evaluation time does not count as training time
       if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        _stop_if_failed(state, ckpt)
         ckpt.save(state)
+        ckpt.prune_best(best["step"])   # older bests are no longer any checkpoint's best
         t_mark = time.perf_counter()
   bar.close()
+  _stop_if_failed(state, ckpt)
   train_seconds += time.perf_counter() - t_mark
 
   final = state
   if best["step"] >= 0:
-    final = replicate(ckpt.restore(state, best=True), mesh)
+    final = replicate(ckpt.restore(state, best=True, step=best["step"]), mesh)
   ckpt.close()
   t0 = time.perf_counter()
   final_sum = summary(episode_accuracies(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test",

@@ -83,7 +83,12 @@ def _sharded_grad(model, cfg: Config, mesh):
 
 
 def make_train_step(model, cfg: Config, mesh):
-  """The jitted meta-train step; `state` is donated."""
+  """The jitted meta-train step; `state` is donated.
+
+  A step whose loss, gradient norm or update is not finite changes nothing but
+  the step counter, which becomes -(that step) and stays so: see
+  `failed_step`.  metrics: {"loss", "accuracy", ..., "grad_norm", "finite"}.
+  """
   grad_fn = _sharded_grad(model, cfg, mesh)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
@@ -93,10 +98,25 @@ def make_train_step(model, cfg: Config, mesh):
     tx = make_optimizer(cfg, state.meta_params)
     updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return TrainState(state.step + 1, meta_params, opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    # Non-finite loss, gradient or update: the step is skipped and the state
+    # frozen with its step counter set to -(failing step), which the host reads
+    # at its next sync (log or checkpoint), so no NaN is ever saved and the
+    # failing step is known exactly.  Three scalar checks: free next to the step.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+    ok = finite & (state.step >= 0)
+    new = TrainState(state.step + 1, meta_params, opt_state)
+    old = TrainState(jnp.where(state.step >= 0, -(state.step + 1), state.step), state.meta_params, state.opt_state)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old), metrics
 
   return step
+
+
+def failed_step(state: TrainState) -> int | None:
+  """The step whose loss or gradient was not finite, or None (a host sync)."""
+  step = int(state.step)
+  return -step if step < 0 else None
 
 
 def make_eval_step(model, cfg: Config, mesh, steps: int | None = None):

@@ -13,13 +13,19 @@ def add_parser(sub):
   p.add_argument("--workdir", default="runs/default", help="where the run's files go")
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
   p.add_argument("--no-progress", action="store_true", help="no progress output")
+  p.add_argument("--distributed", action="store_true", help="one of several processes or hosts running this "
+                 "command together (jax.distributed; coordinator from JAX_COORDINATOR_ADDRESS, "
+                 "JAX_NUM_PROCESSES, JAX_PROCESS_ID, or detected on Slurm/MPI/TPU; those variables alone "
+                 "turn it on too)")
   add_config_args(p)
   p.set_defaults(func=main)
 
 
 def main(args) -> int:
-  from maml_jax.train import train_and_evaluate
+  from maml_jax.distributed import maybe_initialize
   cfg = config_from_args(args)
+  maybe_initialize(args.distributed)
+  from maml_jax.train import train_and_evaluate
   r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "

@@ -30,6 +30,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -183,6 +184,9 @@ def _to_array(ref: _TensorRef, raw: bytes, big_endian: bool, where: str) -> np.n
     raise TorchFileError(f"{where}: size {ref.size} and stride {ref.stride} differ in rank")
   if 0 in ref.size:
     return np.zeros(ref.size, native)
+  if int(np.prod([float(k) for k in ref.size])) > n:   # only an expanded view (stride 0) has more
+    raise TorchFileError(f"{where}: tensor of size {ref.size} has more elements than its storage ({n}); "
+                         f"expanded views are not read (they could ask for any amount of memory)")
   last = start + sum((k - 1) * s for k, s in zip(ref.size, ref.stride))
   if last >= n:
     raise TorchFileError(
@@ -221,13 +225,25 @@ class _ZipReader(_Reader):
     self.prefix = pkls[0][:-len("data.pkl")]
     if self.prefix + "byteorder" in self.names:
       self.big_endian = zf.read(self.prefix + "byteorder").strip() == b"big"
-    self.obj = _unpickle(io.BytesIO(zf.read(pkls[0])), path)
+    self.obj = _unpickle(io.BytesIO(self._read(pkls[0])), path)
+
+  def _read(self, member: str) -> bytes:
+    # torch stores members uncompressed: one that inflates far beyond the
+    # archive is a zip bomb, refused before it is read.
+    info = self.zf.getinfo(member)
+    if info.file_size > 64 * os.path.getsize(self.path) + (1 << 20):
+      raise TorchFileError(f"{self.path}: member {member} claims {info.file_size} bytes, far more than the "
+                           f"archive holds; refused")
+    try:
+      return self.zf.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+      raise TorchFileError(f"{self.path}: cannot read member {member} ({type(e).__name__}: {e})") from None
 
   def read(self, storage: _StorageRef) -> bytes:
     member = f"{self.prefix}data/{storage.key}"
     if member not in self.names:
       raise TorchFileError(f"{self.path}: storage '{storage.key}' is missing (no member {member})")
-    return self.zf.read(member)
+    return self._read(member)
 
 
 class _LegacyReader(_Reader):
@@ -260,7 +276,10 @@ class _LegacyReader(_Reader):
         raise TorchFileError(f"{path}: file ends before storage '{key}'")
       if key not in itemsize:
         raise TorchFileError(f"{path}: storage '{key}' is stored but used by no tensor")
-      nbytes = struct.unpack(fmt, head)[0] * itemsize[key]
+      count = struct.unpack(fmt, head)[0]
+      if count < 0:
+        raise TorchFileError(f"{path}: storage '{key}' has a negative element count {count}")
+      nbytes = count * itemsize[key]
       self.where[str(key)] = (f.tell(), nbytes)
       f.seek(nbytes, os.SEEK_CUR)
     end = f.tell()
@@ -296,16 +315,21 @@ def load(path: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> 
     raise FileNotFoundError(f"no torch file at {path}")
   resolve = lambda reader: lambda ref, name: (
       reader.array(ref) if keep is None or keep(name) else None)
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as zf:
-      reader = _ZipReader(path, zf)
+  try:
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as zf:
+        reader = _ZipReader(path, zf)
+        return _walk(reader.obj, resolve(reader))
+    with open(path, "rb") as f:
+      if f.read(2) not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise TorchFileError(f"{path}: neither a zip nor a legacy (pickle) torch file")
+      f.seek(0)
+      reader = _LegacyReader(path, f)
       return _walk(reader.obj, resolve(reader))
-  with open(path, "rb") as f:
-    if f.read(2) not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-      raise TorchFileError(f"{path}: neither a zip nor a legacy (pickle) torch file")
-    f.seek(0)
-    reader = _LegacyReader(path, f)
-    return _walk(reader.obj, resolve(reader))
+  except RecursionError:
+    raise TorchFileError(f"{path}: containers nested too deeply to be a state dict") from None
+  except zipfile.BadZipFile as e:
+    raise TorchFileError(f"{path}: damaged zip archive ({e})") from None
 
 
 def load_state_dict(path: str | os.PathLike,

@@ -10,6 +10,7 @@ background.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -61,13 +62,19 @@ def read_gray(path: str) -> np.ndarray:
     a = _read_dicom(path)
   else:
     try:
-      with Image.open(path) as im:
+      with warnings.catch_warnings():
+        # Over PIL's pixel limit (MAX_IMAGE_PIXELS; twice it raises anyway):
+        # a decompression bomb, or no radiograph.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(path)
+      with im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
           a = _to_uint8(np.asarray(im))
         else:
           a = np.asarray(im.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, MemoryError) as e:
       raise SMIDataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
   if a.ndim != 2 or min(a.shape) < 1:
     raise SMIDataError(f"{path}: expected a 2-D grayscale image, got shape {list(a.shape)}")
@@ -125,6 +132,10 @@ def rois_from_file(path: str, centres: np.ndarray, *, coords: str = "original",
   """
   image = read_gray(path)
   centres = np.asarray(centres, np.float64).copy()
+  for r, (x, y) in enumerate(centres):   # NaN = not given (refused by crop_rois); inf is never a centre
+    if np.isinf(x) or np.isinf(y):
+      name = roi_names[r] if r < len(roi_names) else str(r + 1)
+      raise SMIDataError(f"{path}: ROI {name} centre (x={x:g}, y={y:g}) is not a finite pixel position")
   if coords == "original":
     h, w = image.shape
     for r, (x, y) in enumerate(centres):

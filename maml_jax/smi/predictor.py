@@ -89,33 +89,84 @@ def save(folder: str, *, config: Config, params, support_rois: np.ndarray, suppo
 
 
 def load(folder: str) -> AdaptedModel:
-  """Reads a saved adapted model; SMIDataError naming the file if it is not one."""
+  """Reads and validates a saved adapted model; SMIDataError naming the file if it
+  is not one: missing or malformed files and keys, parameters that do not
+  match the configuration's network (names and shapes), non-finite values."""
   path = os.path.join(folder, "model.json")
   if not os.path.isfile(path):
     raise SMIDataError(f"{folder}: not a saved model (no model.json; make one with `adapt --save`)")
   try:
     with open(path) as f:
       meta = json.load(f)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-      raise SMIDataError(f"{path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT} v{VERSION}")
-    config = Config.from_dict(meta["config"])
-    with np.load(os.path.join(folder, "params.npz"), allow_pickle=False) as z:
-      params = _unflatten({k: z[k] for k in z.files})
-    with np.load(os.path.join(folder, "support.npz"), allow_pickle=False) as z:
-      rois, y = z["rois"], z["label"]
-  except SMIDataError:
-    raise
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise SMIDataError(f"{folder}: cannot read the saved model ({type(e).__name__}: {e})") from None
-  roi_names = tuple(meta["roi_names"])
-  if rois.dtype != np.uint8 or rois.ndim != 4 or rois.shape[1] != len(roi_names):
-    raise SMIDataError(f"{folder}/support.npz: expected uint8 [n, {len(roi_names)}, 64, 64], got "
-                       f"{rois.dtype} {list(rois.shape)}")
+  except (OSError, ValueError) as e:
+    raise SMIDataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+  if not isinstance(meta, dict):
+    raise SMIDataError(f"{path}: expected a JSON object, got a {type(meta).__name__}")
+  if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    raise SMIDataError(f"{path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT} v{VERSION}")
+  kinds = {"config": dict, "roi_names": list, "classes": list, "weights": list, "per_roi_learners": bool,
+           "synthetic": bool}
+  for key, kind in kinds.items():
+    if not isinstance(meta.get(key), kind):
+      raise SMIDataError(f"{path}: '{key}' must be a {kind.__name__}, got {meta.get(key)!r:.80}")
+  roi_names, classes = tuple(map(str, meta["roi_names"])), tuple(map(str, meta["classes"]))
+  if not roi_names or len(classes) < 2:
+    raise SMIDataError(f"{path}: needs at least one ROI and two classes, has {len(roi_names)} and {len(classes)}")
+  try:
+    config = Config.from_dict(meta["config"]).validate()
+    weights = np.asarray(meta["weights"], np.float64)
+  except (ValueError, TypeError) as e:
+    raise SMIDataError(f"{path}: {type(e).__name__}: {e}") from None
+  if weights.shape != (len(roi_names),) or not np.isfinite(weights).all():
+    raise SMIDataError(f"{path}: 'weights' must be {len(roi_names)} finite numbers, got {meta['weights']!r:.80}")
+  if len(classes) > config.ways:
+    raise SMIDataError(f"{path}: {len(classes)} classes but the network has {config.ways} outputs")
+  flat = _read_npz(os.path.join(folder, "params.npz"))
+  sup = _read_npz(os.path.join(folder, "support.npz"))
+  _check_params(flat, config, len(roi_names) if meta["per_roi_learners"] else None, os.path.join(folder, "params.npz"))
+  rois, y = sup.get("rois"), sup.get("label")
+  where = os.path.join(folder, "support.npz")
+  if rois is None or y is None:
+    raise SMIDataError(f"{where}: needs the arrays 'rois' and 'label', has {sorted(sup)}")
+  if rois.dtype != np.uint8 or rois.ndim != 4 or rois.shape[1:] != (len(roi_names), 64, 64):
+    raise SMIDataError(f"{where}: expected uint8 [n, {len(roi_names)}, 64, 64], got {rois.dtype} {list(rois.shape)}")
+  if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(rois),) or len(y) == 0 or \
+      y.min() < 0 or y.max() >= len(classes):
+    raise SMIDataError(f"{where}: 'label' must be {len(rois)} (>= 1) class indices 0..{len(classes) - 1}")
   info = {k: v for k, v in meta.items() if k not in ("config", "roi_names", "classes", "weights",
                                                      "per_roi_learners", "synthetic")}
-  return AdaptedModel(config, model_for(config), params, rois, y.astype(np.int32), roi_names,
-                      tuple(meta["classes"]), np.asarray(meta["weights"], np.float64),
-                      bool(meta["per_roi_learners"]), bool(meta["synthetic"]), info)
+  return AdaptedModel(config, model_for(config), _unflatten(flat), rois, y.astype(np.int32), roi_names,
+                      classes, weights, bool(meta["per_roi_learners"]), bool(meta["synthetic"]), info)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise SMIDataError(f"{path}: missing (a saved model holds model.json, params.npz and support.npz)")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except Exception as e:   # numpy and zipfile raise many types for a damaged file
+    raise SMIDataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def _check_params(flat: dict, config: Config, rois: Optional[int], where: str) -> None:
+  """The saved parameters must be exactly the network's (names, shapes; a leading
+  ROI axis for per-ROI learners) and finite."""
+  model = model_for(config)
+  shape = (2, config.image_size, config.image_size, config.channels)
+  tree = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape)))["params"]
+  want = {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
+  if missing or extra:
+    raise SMIDataError(f"{where}: parameters do not match the {config.model} network: missing {missing[:3]}, "
+                       f"unexpected {extra[:3]}")
+  for k, w in want.items():
+    expect = ((rois,) if rois else ()) + tuple(w.shape)
+    if flat[k].shape != expect or not np.issubdtype(flat[k].dtype, np.floating):
+      raise SMIDataError(f"{where}: parameter {k} is {flat[k].dtype} {list(flat[k].shape)}, the network needs "
+                         f"float {list(expect)}")
+    if not np.isfinite(flat[k]).all():
+      raise SMIDataError(f"{where}: parameter {k} holds non-finite values (NaN or inf); the model is damaged")
 
 
 def predict_rois(m: AdaptedModel, rois: np.ndarray) -> np.ndarray:

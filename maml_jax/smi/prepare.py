@@ -44,7 +44,12 @@ def read_csv(path: str) -> list[dict[str, str]]:
       reader = csv.DictReader(f)
       if not reader.fieldnames:
         raise SMIDataError(f"{path}: the CSV is empty (a header row is needed)")
-      rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+      rows = []
+      for row in reader:
+        if None in row:   # DictReader files the fields beyond the header under None
+          raise SMIDataError(f"{path}: row {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
+                             f"fields, the header has {len(reader.fieldnames)}")
+        rows.append({(k or "").strip().lower(): (v or "").strip() for k, v in row.items()})
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise SMIDataError(f"{path}: cannot read the CSV ({e})") from None
   if not rows:
@@ -54,9 +59,12 @@ def read_csv(path: str) -> list[dict[str, str]]:
 
 def _number(text: str, *, path: str, row: int, column: str) -> float:
   try:
-    return float(text)
+    v = float(text)
   except ValueError:
     raise SMIDataError(f"{path}: row {row + 2}, column '{column}': {text!r} is not a number") from None
+  if not np.isfinite(v):
+    raise SMIDataError(f"{path}: row {row + 2}, column '{column}': {text!r} is not a finite number")
+  return v
 
 
 def _roi_name(text: str) -> str:

@@ -147,15 +147,53 @@ def read_manifest(folder: str) -> dict:
       m = json.load(f)
   except (OSError, ValueError) as e:
     raise SMIDataError(f"{path}: cannot read the manifest ({e})") from None
+  if not isinstance(m, dict):
+    raise SMIDataError(f"{path}: the manifest must be a JSON object, got a {type(m).__name__}")
   for key in ("format", "roi_names", "label_scheme", "counts", "shards"):
     if key not in m:
       raise SMIDataError(f"{path}: the manifest lacks '{key}'")
   if m["format"] != FORMAT or m.get("version") != VERSION:
     raise SMIDataError(f"{path}: format {m['format']!r} version {m.get('version')} is not "
                        f"{FORMAT!r} version {VERSION}")
-  if "classes" not in m["label_scheme"]:
-    raise SMIDataError(f"{path}: the manifest's label_scheme lacks 'classes'")
+  if not isinstance(m["label_scheme"], dict) or not _str_list(m["label_scheme"].get("classes")):
+    raise SMIDataError(f"{path}: the manifest's label_scheme needs 'classes', a list of names")
+  if not _str_list(m["roi_names"]) or not m["roi_names"]:
+    raise SMIDataError(f"{path}: 'roi_names' must be a non-empty list of names")
+  if not _int_list(m["counts"], len(m["label_scheme"]["classes"])):
+    raise SMIDataError(f"{path}: 'counts' must be one whole number per class")
+  if not isinstance(m["shards"], list):
+    raise SMIDataError(f"{path}: 'shards' must be a list of shard entries")
+  for i, e in enumerate(m["shards"]):
+    _check_entry(e, i, folder, path, len(m["label_scheme"]["classes"]))
   return m
+
+
+def _str_list(v) -> bool:
+  return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _int_list(v, n: int) -> bool:
+  return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def _check_entry(e, i: int, folder: str, path: str, num_classes: int) -> None:
+  """A manifest's shard entry: a plain file name inside `folder`, a sha256, counts."""
+  if not isinstance(e, dict):
+    raise SMIDataError(f"{path}: shard entry {i} must be an object, got {e!r:.60}")
+  name = e.get("file")
+  if not isinstance(name, str) or not name:
+    raise SMIDataError(f"{path}: shard entry {i} needs a 'file' name")
+  # Only names inside the folder: no separators, no '..', nothing absolute, no link out.
+  inside = os.path.realpath(os.path.join(folder, name))
+  if (os.path.basename(name) != name or name in (".", "..") or os.path.isabs(name)
+      or os.path.dirname(inside) != os.path.realpath(folder)):
+    raise SMIDataError(f"{path}: shard entry {i} names {name!r}, which is not a file inside {folder}")
+  if not isinstance(e.get("sha256"), str):
+    raise SMIDataError(f"{path}: shard entry {i} ({name}) needs a 'sha256' string")
+  if not isinstance(e.get("num_images"), int) or isinstance(e.get("num_images"), bool) or e["num_images"] < 0:
+    raise SMIDataError(f"{path}: shard entry {i} ({name}) needs 'num_images', a whole number >= 0")
+  if not _int_list(e.get("counts"), num_classes):
+    raise SMIDataError(f"{path}: shard entry {i} ({name}) needs 'counts', one whole number per class")
 
 
 def _read_shard(path: str, entry: dict, verify: bool) -> dict[str, np.ndarray]:
@@ -168,8 +206,8 @@ def _read_shard(path: str, entry: dict, verify: bool) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise SMIDataError(f"{path}: cannot read the shard ({e})") from None
+  except Exception as e:   # numpy and zipfile raise many types for a damaged file
+    raise SMIDataError(f"{path}: cannot read the shard ({type(e).__name__}: {e})") from None
 
 
 def load_shards(folder: str, *, verify: bool = True) -> SMIData:

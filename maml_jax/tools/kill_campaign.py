@@ -1,0 +1,129 @@
+"""Kill `meta-train` with SIGKILL at seeded random points, resume, compare.
+
+    python -m maml_jax.tools.kill_campaign [--kills 10] [--seed 0] [--work DIR]
+
+One uninterrupted run of a small SYNTHETIC configuration gives the reference.
+Then, for each kill: a fresh workdir, `meta-train` started in a subprocess and
+killed with SIGKILL either after a seeded random delay or (every other kill)
+the moment a best checkpoint exists that no latest checkpoint covers yet (the
+window in which a kill used to leave a workdir every later run refused), then
+`meta-train --resume` until it finishes.  The resumed end state must equal the
+reference bit for bit: the latest and best parameters, the best step,
+metrics.jsonl (steps without duplicates, every value but the timings) and the
+meta-test accuracy.  A workdir whose resume fails is counted unusable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# val every step, latest checkpoint every 5: a best checkpoint is ahead of the
+# latest one for most of the run.
+ARGS = ["meta-train", "--preset", "tiny", "--steps", "20", "--val-every", "1", "--checkpoint-every", "5",
+        "--log-every", "1", "--no-progress"]
+
+
+def _cmd(workdir, resume=False):
+  return [sys.executable, os.path.join(ROOT, "run.py"), *ARGS, "--workdir", workdir] + (["--resume"] if resume else [])
+
+
+def _steps(folder):
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+def in_window(workdir) -> bool:
+  """A best checkpoint newer than every latest checkpoint."""
+  best, latest = _steps(os.path.join(workdir, "best")), _steps(os.path.join(workdir, "checkpoints"))
+  return bool(best) and (not latest or best[-1] > latest[-1])
+
+
+def end_state(workdir) -> dict:
+  """What a finished run leaves: parameters, best step, metrics without timings, results."""
+  from maml_jax.checkpoints import load_trained
+  import jax
+  latest, best = load_trained(workdir, "latest"), load_trained(workdir, "best")
+  metrics = [{k: v for k, v in json.loads(l).items() if k != "train_seconds"}
+             for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  return {"latest": [np.asarray(x) for x in jax.tree.leaves(latest.meta_params)], "latest_step": latest.step,
+          "best": [np.asarray(x) for x in jax.tree.leaves(best.meta_params)], "best_step": best.step,
+          "metrics": metrics, "test_accuracy": results["test_accuracy"]}
+
+
+def same(a, b) -> list[str]:
+  """The parts of two end states that differ."""
+  bad = [k for k in ("latest_step", "best_step", "metrics", "test_accuracy") if a[k] != b[k]]
+  bad += [k for k in ("latest", "best") if len(a[k]) != len(b[k]) or
+          not all(np.array_equal(x, y) for x, y in zip(a[k], b[k]))]
+  return bad
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--kills", type=int, default=10)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--work", default="", help="scratch folder (default: a new temporary one, removed at the end)")
+  a = p.parse_args(argv)
+  work = a.work or tempfile.mkdtemp(prefix="kill_campaign_")
+  os.makedirs(work, exist_ok=True)
+  env = dict(os.environ, MAML_JAX_CACHE=os.path.join(work, "cache"))
+  rng = np.random.default_rng(a.seed)
+  t0 = time.time()
+  ref_dir = os.path.join(work, "reference")
+  shutil.rmtree(ref_dir, ignore_errors=True)
+  subprocess.run(_cmd(ref_dir), env=env, check=True, capture_output=True)
+  duration = time.time() - t0
+  ref = end_state(ref_dir)
+  print(f"reference run: {duration:.1f} s, best step {ref['best_step']}, {len(ref['metrics'])} metric lines",
+        flush=True)
+  rows, identical, unusable, window_kills = [], 0, 0, 0
+  for k in range(a.kills):
+    w = os.path.join(work, f"kill{k}")
+    shutil.rmtree(w, ignore_errors=True)
+    target = "window" if k % 2 else "random"
+    delay = float(rng.uniform(0.2, 1.0) * duration)
+    proc = subprocess.Popen(_cmd(w), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start, hit = time.time(), False
+    while proc.poll() is None:
+      if (target == "random" and time.time() - start >= delay) or (target == "window" and in_window(w)
+                                                                    and rng.uniform() < 0.35):
+        proc.send_signal(signal.SIGKILL)
+        hit = True
+        break
+      time.sleep(0.02)
+    proc.wait()
+    state = f"best {_steps(os.path.join(w, 'best'))} latest {_steps(os.path.join(w, 'checkpoints'))}"
+    window = in_window(w)
+    window_kills += hit and window
+    r = subprocess.run(_cmd(w, resume=True), env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+      unusable += 1
+      verdict = "UNUSABLE: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    else:
+      diff = same(ref, end_state(w))
+      identical += not diff
+      verdict = "bit-identical" if not diff else f"DIFFERS in {diff}"
+    line = (f"kill {k}: {target:6s} {'killed' if hit else 'finished first'} with {state}"
+            f"{' (best-saved/latest-not-saved window)' if window else ''}; resume: {verdict}")
+    rows.append(line)
+    print(line, flush=True)
+  print(f"\nkills tried: {a.kills}; landed: {sum('killed' in r for r in rows)}; in the best-saved/latest-not-saved "
+        f"window: {window_kills}; resumed bit-identical: {identical}; unusable workdirs: {unusable}; "
+        f"{time.time() - t0:.0f} s")
+  if not a.work:
+    shutil.rmtree(work, ignore_errors=True)
+  return 0 if identical == a.kills and unusable == 0 else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

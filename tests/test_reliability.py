@@ -1,0 +1,174 @@
+"""Runs that survive kills, damaged checkpoints and NaN; configurations refused before anything is written."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from maml_jax import checkpoints, train
+from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, config_differences,
+                                  load_trained)
+from maml_jax.config import ConfigError, get_preset
+from maml_jax.episodes import EpisodeSampler
+
+
+class Killed(BaseException):
+  """Stands in for SIGKILL at one instruction (tools/kill_campaign.py sends real ones)."""
+
+
+def _equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _steps(path):
+  return [json.loads(l)["step"] for l in open(path)]
+
+
+def test_kill_after_best_save_before_latest_resumes(tmp_path, monkeypatch):
+  # The orbax StepAlreadyExistsError of the old layout: best saved, killed before
+  # best.json and the latest checkpoint; the rerun saved best at the same step.
+  cfg = get_preset("tiny").replace(steps=4, val_every=1, checkpoint_every=2)
+  straight, w = str(tmp_path / "straight"), str(tmp_path / "killed")
+  train.train_and_evaluate(cfg, straight, progress=False)
+  real = train.write_json
+  def write_json(path, obj):
+    if path.endswith("best.json") and obj["step"] >= 3:
+      raise Killed()
+    real(path, obj)
+  monkeypatch.setattr(train, "write_json", write_json)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(cfg, w, progress=False)
+  monkeypatch.setattr(train, "write_json", real)
+  assert max(int(s) for s in os.listdir(os.path.join(w, "best"))) >= 3 > max(
+      int(s) for s in os.listdir(os.path.join(w, "checkpoints")))
+  r = train.train_and_evaluate(cfg, w, resume=True, progress=False)
+  assert _steps(os.path.join(w, "metrics.jsonl")) == [1, 2, 3, 4]   # no duplicates
+  ref = json.load(open(os.path.join(straight, "results.json")))
+  assert r["test_accuracy"] == ref["test_accuracy"] and r["checkpoint_step"] == ref["checkpoint_step"]
+  for which in ("latest", "best"):
+    a, b = load_trained(straight, which), load_trained(w, which)
+    assert a.step == b.step and _equal(a.meta_params, b.meta_params)
+
+
+def _damage(folder):
+  """Truncates every file of a checkpoint folder to a third."""
+  for dp, _, fs in os.walk(folder):
+    for f in fs:
+      p = os.path.join(dp, f)
+      data = open(p, "rb").read()
+      open(p, "wb").write(data[:len(data) // 3])
+
+
+def test_damaged_latest_checkpoint_falls_back_to_an_older_one(tmp_path, capsys):
+  cfg = get_preset("tiny").replace(steps=4, val_every=0, checkpoint_every=2, keep_checkpoints=3)
+  w = str(tmp_path)
+  train.train_and_evaluate(cfg, w, progress=False)
+  two = load_trained(w, "latest")
+  _damage(os.path.join(w, "checkpoints", "4"))
+  capsys.readouterr()
+  t = load_trained(w, "latest")
+  assert t.step == 2 and "skipped checkpoint checkpoints/4" in capsys.readouterr().err
+  assert _equal(t.meta_params, two.meta_params) or t.step == 2
+  r = train.train_and_evaluate(cfg, w, resume=True, progress=False)   # resumes from 2, replays 3..4
+  assert "skipped checkpoint 4" in capsys.readouterr().err
+  assert r["checkpoint_step"] == 4 and load_trained(w, "latest").step == 4
+  for s in ("2", "4"):
+    _damage(os.path.join(w, "checkpoints", s))
+  with pytest.raises(CheckpointError, match="restores"):
+    load_trained(w, "latest")
+
+
+def test_result_changing_settings_are_refused():
+  cfg = get_preset("tiny")
+  assert config_differences(cfg, cfg.replace(steps=9, log_every=1, checkpoint_every=3)) == {}
+  assert set(config_differences(cfg, cfg.replace(conv_impl="xla" if cfg.conv_impl != "xla" else "gemm"))) \
+      == {"conv_impl"}
+  cos = cfg.replace(lr_schedule="cosine")
+  assert set(config_differences(cos, cos.replace(steps=9))) == {"steps"}
+  assert set(config_differences(cfg, cfg.replace(val_every=3, remat=True))) == {"val_every", "remat"}
+
+
+def test_resume_with_another_cosine_length_is_refused_before_writing(tmp_path):
+  cfg = get_preset("tiny").replace(steps=2, lr_schedule="cosine", val_every=0)
+  train.train_and_evaluate(cfg, str(tmp_path), progress=False)
+  before = open(tmp_path / "config.json").read()
+  with pytest.raises(IncompatibleRunError, match="steps: 2 in the workdir, 5 now"):
+    train.train_and_evaluate(cfg.replace(steps=5), str(tmp_path), resume=True, progress=False)
+  assert open(tmp_path / "config.json").read() == before
+
+
+@pytest.mark.parametrize("bad", [dict(model="conv5"), dict(dataset="cifar10"), dict(log_every=0),
+                                 dict(checkpoint_every=0), dict(keep_checkpoints=0), dict(steps=-3),
+                                 dict(image_size=0), dict(meta_lr=float("nan")), dict(inner_lr=float("inf"))])
+def test_invalid_settings_write_nothing(tmp_path, bad):
+  w = tmp_path / "w"
+  with pytest.raises(ConfigError, match=next(iter(bad))):
+    train.train_and_evaluate(get_preset("tiny").replace(**bad), str(w), progress=False)
+  assert not w.exists()
+
+
+def test_nan_mid_run_stops_at_its_step_and_keeps_the_good_checkpoints(tmp_path, monkeypatch, capsys):
+  cfg = get_preset("tiny").replace(steps=8, val_every=2, checkpoint_every=2, log_every=4)
+
+  class Poisoned(EpisodeSampler):   # the training episodes of step 5 hold a NaN pixel
+    def __call__(self, i):
+      b = super().__call__(i)
+      if self.seed == cfg.seed and i == 4:
+        b = b._replace(query_x=b.query_x.at[0, 0, 0, 0, 0].set(np.nan))
+      return b
+  monkeypatch.setattr(train, "EpisodeSampler", Poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="at step 5;.* of step 4 is kept"):
+    train.train_and_evaluate(cfg, str(tmp_path), progress=False)
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [2, 4]   # nothing of step 5 on
+  assert _steps(tmp_path / "metrics.jsonl") == [2, 4]
+  monkeypatch.setattr(train, "EpisodeSampler", EpisodeSampler)
+  r = train.evaluate_workdir(str(tmp_path), episodes=4, progress=False)   # the kept best checkpoint works
+  assert np.isfinite(r["test_accuracy"]) and r["checkpoint_step"] in (2, 4)
+
+
+def test_train_step_skips_a_non_finite_update():
+  from maml_jax.models import build_model
+  from maml_jax.train_step import failed_step, init_state, make_mesh, make_train_step, shard_batch
+  cfg = get_preset("tiny")
+  model, mesh = build_model(cfg.model, cfg.ways), make_mesh(cfg.tasks)
+  state = init_state(model, cfg, jax.random.key(0), (12, 12, 1))
+  from maml_jax.data_sources import synthetic_classes
+  batch = EpisodeSampler(synthetic_classes(9, 20, 12, 1, 0), tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
+                         queries=cfg.queries, seed=0)(0)
+  step = make_train_step(model, cfg, mesh)
+  good, m = step(jax.tree.map(lambda x: x.copy(), state), shard_batch(batch, mesh))
+  assert failed_step(good) is None and bool(m["finite"])
+  keep = jax.device_get(good.meta_params)
+  bad, m = step(good, shard_batch(batch._replace(support_x=batch.support_x * np.nan), mesh))
+  assert failed_step(bad) == 2 and not bool(m["finite"])
+  assert _equal(bad.meta_params, keep)
+  again, _ = step(bad, shard_batch(batch, mesh))   # stays stopped: the failing step is not forgotten
+  assert failed_step(again) == 2 and _equal(again.meta_params, keep)
+
+
+def test_truncated_omniglot_cache_is_rebuilt(tmp_path, capsys):
+  from data import omniglot
+  path = tmp_path / "omniglot-12-x.npz"
+  np.savez(path, images=np.zeros((4, 12, 12, 1), np.uint8), counts=np.array([2, 2]), names=np.array(["a", "b"]))
+  assert omniglot._read_cache(str(path), 12).num_classes == 2
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:len(data) // 2])
+  assert omniglot._read_cache(str(path), 12) is None and not path.exists()
+  assert "damaged" in capsys.readouterr().err
+
+
+def test_atomic_dir_follows_the_umask_and_removes_stale_temporaries(tmp_path):
+  from maml_jax.smi import files
+  stale = tmp_path / ".out.999999999.abc.tmp"   # a process id that cannot be alive
+  stale.mkdir()
+  old = os.umask(0o022)
+  try:
+    with files.atomic_dir(str(tmp_path / "out")) as d:
+      files.write_json(os.path.join(d, "a.json"), {"x": 1})
+  finally:
+    os.umask(old)
+  assert not stale.exists()
+  assert oct(os.stat(tmp_path / "out").st_mode & 0o777) == oct(0o755)
+  assert oct(os.stat(tmp_path / "out" / "a.json").st_mode & 0o777) == oct(0o644)
