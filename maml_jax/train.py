@@ -40,16 +40,18 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   feature vectors and its head this way.
   """
   cfg.validate()
+  model = model_for(cfg) if model is None else model
   os.makedirs(workdir, exist_ok=True)
-  check_or_write_config(workdir, cfg)
   if splits is None:
     splits = load_splits(cfg, workdir)
     for name, d in splits.items():
       if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
         raise UserError(f"{name} images are {d.image_shape}, the config asks for "
                          f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+  # Written once the network and data are known to load, so that a mistyped
+  # option leaves no config.json that would refuse the corrected command.
+  check_or_write_config(workdir, cfg)
   synthetic = any(d.synthetic for d in splits.values())
-  model = model_for(cfg) if model is None else model
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
