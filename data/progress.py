@@ -5,8 +5,8 @@ On a terminal (stderr is a TTY) `progress` is a tqdm bar.  Otherwise (CI,
 fill the log with noise, so it writes a few plain lines instead: one when the
 work starts, about one per `LOG_FRACTION` of it, and one at the end with the
 time taken and the last postfix (loss, accuracy).  Both forms take the same
-calls: iterate it, or `update(n)`, `set_postfix(dict)`, `close()`, or use it
-as a context manager.
+calls: iterate it, or `update(n)`, `set_postfix(dict)`, `set_postfix_str(s)`,
+`set_description(s)`, `write(line)`, `close()`, or use it as a context manager.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class LogProgress:
 
   def _status(self) -> str:
     done = f"{self.n:g}" + (f"/{self.total:g}" if self.total else "") + f" {self.unit}"
-    extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
+    extra = "".join(f" {k}={v}" if k else f" {v}" for k, v in self.postfix.items())
     return f"{self.desc}: {done} in {time.monotonic() - self._start:.0f} s{extra}"
 
   def update(self, n: float = 1) -> None:
@@ -66,6 +66,15 @@ class LogProgress:
 
   def set_postfix(self, postfix=None, refresh: bool = True, **kwargs) -> None:
     self.postfix = {**dict(postfix or {}), **kwargs}
+
+  def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+    self.postfix = {"": s} if s else {}
+
+  def set_description(self, desc: str = "", refresh: bool = True) -> None:
+    self.desc = desc or self.desc
+
+  def write(self, line: str) -> None:
+    self._write(line)
 
   def close(self) -> None:
     if not self._closed and not self.disable:

@@ -26,6 +26,9 @@ def _f(default, help: str, **kw):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+  """One run's settings.  `Config()` is the *base*: MAML's published Omniglot
+  settings, which the presets start from; the default job (`meta-train`
+  without options) is the `default` preset, not `Config()`."""
   # data
   dataset: str = _f("omniglot", "meta-training data: omniglot, synthetic, or a '+'-joined subset of "
                     "cifar100, tinyimagenet, omniglot, folder (the paper's meta-dataset)")
@@ -143,7 +146,7 @@ class Config:
 # MAML's published Omniglot settings (Finn et al. 2017): meta-batch 32 (16 for
 # 20-way), inner lr 0.4 with 1 step (0.1 with 5 steps for 20-way), Adam 1e-3,
 # 60,000 meta-batches, 3 inner steps at test time (5 for 20-way).
-_OMNIGLOT = Config()
+_OMNIGLOT = Config()   # the base
 PRESETS: dict[str, Config] = {
     # The default job: Omniglot 5-way 1-shot sized for minutes on a CPU.  On a
     # fixed time budget, many small meta-batches (8 tasks, 5 queries per class)

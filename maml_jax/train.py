@@ -69,6 +69,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   if _has_checkpoints(workdir) and not resume:
     raise IncompatibleRunError(f"{workdir} already holds checkpoints; pass --resume to continue that run, "
                                f"or use another --workdir")
+  model = model_for(cfg) if model is None else model   # an unknown --model fails here
   if splits is None:
     splits = load_splits(cfg, workdir)
     for name, d in splits.items():
@@ -76,7 +77,6 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
         raise ConfigError(f"{name} images are {d.image_shape}, the config asks for "
                           f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
   synthetic = any(d.synthetic for d in splits.values())
-  model = model_for(cfg) if model is None else model
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)

@@ -43,6 +43,7 @@ def _error(argv, capsys) -> str:
 def test_meta_train_bad_input_is_one_error_line(argv, says, tmp_path, capsys):
   err = _error(["meta-train", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--no-progress"] + argv, capsys)
   assert says in err
+  assert not (tmp_path / "w" / "config.json").exists()   # the corrected command is not refused
 
 
 def test_evaluate_bad_input_is_one_error_line(tmp_path, capsys):

@@ -236,11 +236,8 @@ def test_paper_numbers_match_the_paper():
 
 
 def _parse(argv):
-  import argparse
-  from maml_jax.commands import experiment
-  p = argparse.ArgumentParser()
-  experiment.add_parser(p.add_subparsers())
-  return p.parse_args(["experiment"] + argv)
+  from maml_jax.cli import build_parser
+  return build_parser().parse_args(["experiment"] + argv)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -33,3 +33,16 @@ def test_a_terminal_gets_a_tqdm_bar(monkeypatch):
   bar = pg.progress(total=3, desc="x")
   assert type(bar).__name__ == "tqdm"
   bar.close()
+
+
+def test_the_tqdm_calls_the_project_makes_work_on_log_lines(monkeypatch, capsys):
+  monkeypatch.setattr(pg, "is_terminal", lambda: False)
+  bar = pg.progress(total=4, desc="grid", unit="cell")
+  bar.set_postfix_str("meta/scratch 5-shot #0")
+  bar.set_description("grid [SYNTHETIC data]")
+  bar.update(4)
+  bar.write("a note")
+  bar.close()
+  err = capsys.readouterr().err.splitlines()
+  assert err[-2] == "a note" and err[-1].startswith("grid [SYNTHETIC data]: 4/4 cell in")
+  assert err[-1].endswith("meta/scratch 5-shot #0 (done)")

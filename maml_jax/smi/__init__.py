@@ -3,7 +3,6 @@ adaptation trials with ROI voting, clinical scores, reports, saved models.
 
 Modules, one job each:
   errors            SMIDataError, the one exception type for bad input
-  files             atomic writes and checksums
   labels            the paper's 11-to-5 stage merge, user mappings, ages
   shards            the NPZ shard format (writer, validating loader)
   images            reading X-rays, 512x512, 64x64 ROI crops
@@ -11,12 +10,15 @@ Modules, one job each:
   synthetic         the SYNTHETIC demo data generator and its cache
   demo_images       SYNTHETIC demo PNGs + CSVs, preview montage
   trials            support/query draws per trial, disjoint by patient
-  learner           ROI crops -> network input; jitted adapt/predict
   voting            majority, averaging, weighted vote
-  clinical_metrics  accuracy, MAE, within-one, quadratic kappa, t intervals
+  clinical_metrics  accuracy, MAE, within-one, quadratic kappa
   experiment        the repeated adaptation experiment
   report            report.md, metrics.json, plots
   predictor         saving/loading an adapted model; staging new images
+
+General code it uses lives in `maml_jax`: `io` (atomic writes), `learner`
+(adapt and predict), `stats` (t intervals); `files` and `learner` here are
+the old names of the first two.
 """
 from maml_jax.smi.errors import SMIDataError
 
