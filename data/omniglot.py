@@ -145,7 +145,7 @@ def _read_cache(path: str, size: int) -> ClassImages | None:
     with np.load(path, allow_pickle=False) as z:
       images, counts, names = z["images"], z["counts"], z["names"]
     if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 1)
-        or counts.ndim != 1 or len(counts) != len(names) or counts.min(initial=0) < 1
+        or counts.ndim != 1 or len(counts) != len(names) or (counts < 1).any()
         or int(counts.sum()) != len(images)):
       raise ValueError(f"images {images.dtype} {list(images.shape)}, {len(counts)} counts summing to "
                        f"{int(counts.sum())}, {len(names)} names")

@@ -58,7 +58,7 @@ def read_config(workdir: str) -> Config:
       d = json.load(f)
     if not isinstance(d, dict):
       raise ValueError(f"a JSON {type(d).__name__}, not an object")
-    return Config.from_dict(d)
+    return Config.from_dict(d).validate()
   except (OSError, ValueError, TypeError) as e:
     raise IncompatibleRunError(f"{path}: not a readable run configuration ({e})") from None
 

@@ -127,6 +127,10 @@ class Config:
                  "test_episodes"):
       if getattr(self, name) < 1: problems.append(f"{name}={getattr(self, name)} must be >= 1")
     if self.val_every < 0: problems.append(f"val_every={self.val_every} must be >= 0 (0 = never)")
+    for f in dataclasses.fields(self):   # array sizes and counters are int32 on the device
+      v = getattr(self, f.name)
+      if str(f.type) == "int" and not -2**31 < v < 2**31:
+        problems.append(f"{f.name}={v} is out of range")
     if not (math.isfinite(self.width) and self.width > 0): problems.append(f"width={self.width} must be > 0")
     for name in ("meta_lr", "inner_lr"):
       v = getattr(self, name)

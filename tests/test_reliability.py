@@ -119,7 +119,7 @@ def test_nan_mid_run_stops_at_its_step_and_keeps_the_good_checkpoints(tmp_path, 
         b = b._replace(query_x=b.query_x.at[0, 0, 0, 0, 0].set(np.nan))
       return b
   monkeypatch.setattr(train, "EpisodeSampler", Poisoned)
-  with pytest.raises(train.NonFiniteLossError, match="at step 5;.* of step 4 is kept"):
+  with pytest.raises(train.NonFiniteLossError, match="at step 5;.* of step 4, is kept"):
     train.train_and_evaluate(cfg, str(tmp_path), progress=False)
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [2, 4]   # nothing of step 5 on
   assert _steps(tmp_path / "metrics.jsonl") == [2, 4]

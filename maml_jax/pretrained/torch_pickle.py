@@ -330,6 +330,8 @@ def load(path: str | os.PathLike, keep: Callable[[str], bool] | None = None) -> 
     raise TorchFileError(f"{path}: containers nested too deeply to be a state dict") from None
   except zipfile.BadZipFile as e:
     raise TorchFileError(f"{path}: damaged zip archive ({e})") from None
+  except OSError as e:   # e.g. a storage size in the file that no seek can reach
+    raise TorchFileError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def load_state_dict(path: str | os.PathLike,

@@ -4,9 +4,10 @@
 
 One uninterrupted run of a small SYNTHETIC configuration gives the reference.
 Then, for each kill: a fresh workdir, `meta-train` started in a subprocess and
-killed with SIGKILL either after a seeded random delay or (every other kill)
-the moment a best checkpoint exists that no latest checkpoint covers yet (the
-window in which a kill used to leave a workdir every later run refused), then
+killed with SIGKILL at a seeded random step: a random fraction of a second
+after that step's log line, or (every other kill) the moment a best
+checkpoint of that step or later exists that no latest checkpoint covers yet
+(the window in which a kill used to leave a workdir every later run refused), then
 `meta-train --resume` until it finishes.  The resumed end state must equal the
 reference bit for bit: the latest and best parameters, the best step,
 metrics.jsonl (steps without duplicates, every value but the timings) and the
@@ -39,6 +40,14 @@ def _cmd(workdir, resume=False):
 
 def _steps(folder):
   return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+def _logged(workdir) -> int:
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return 0
 
 
 def in_window(workdir) -> bool:
@@ -90,17 +99,26 @@ def main(argv=None) -> int:
   for k in range(a.kills):
     w = os.path.join(work, f"kill{k}")
     shutil.rmtree(w, ignore_errors=True)
+    # A random step; "random": a random fraction of a second after that step's
+    # log line; "window": as soon as a best checkpoint at or after it is ahead of
+    # every latest checkpoint.
     target = "window" if k % 2 else "random"
-    delay = float(rng.uniform(0.2, 1.0) * duration)
+    at_step, extra = int(rng.integers(1, 20)), float(rng.uniform(0.0, 0.5))
     proc = subprocess.Popen(_cmd(w), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start, hit = time.time(), False
+    hit, logged_at = False, None
     while proc.poll() is None:
-      if (target == "random" and time.time() - start >= delay) or (target == "window" and in_window(w)
-                                                                    and rng.uniform() < 0.35):
+      if target == "random":
+        if logged_at is None and _logged(w) >= at_step:
+          logged_at = time.time()
+        ready = logged_at is not None and time.time() - logged_at >= extra
+      else:
+        best = _steps(os.path.join(w, "best"))
+        ready = in_window(w) and best[-1] >= at_step
+      if ready:
         proc.send_signal(signal.SIGKILL)
         hit = True
         break
-      time.sleep(0.02)
+      time.sleep(0.01)
     proc.wait()
     state = f"best {_steps(os.path.join(w, 'best'))} latest {_steps(os.path.join(w, 'checkpoints'))}"
     window = in_window(w)
@@ -113,7 +131,7 @@ def main(argv=None) -> int:
       diff = same(ref, end_state(w))
       identical += not diff
       verdict = "bit-identical" if not diff else f"DIFFERS in {diff}"
-    line = (f"kill {k}: {target:6s} {'killed' if hit else 'finished first'} with {state}"
+    line = (f"kill {k}: {target:6s} (step {at_step:2d}) {'killed' if hit else 'finished first'} with {state}"
             f"{' (best-saved/latest-not-saved window)' if window else ''}; resume: {verdict}")
     rows.append(line)
     print(line, flush=True)
