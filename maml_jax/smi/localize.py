@@ -186,6 +186,7 @@ class HandRegion:
 
 
 BINS = 180
+MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
 
 def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
@@ -231,7 +232,7 @@ def hand_geometry(image: np.ndarray, *, where: str = "image") -> HandGeometry:
   mask, palm, r, s, prof, k, d = reg.mask, reg.palm, reg.radius, reg.scale, reg.profile, reg.bin_of, reg.dist
   xs, ys = reg.xy[:, 0], reg.xy[:, 1]
   bins = BINS
-  peaks = _peaks(prof, 1.5 * r, 0.12 * r)
+  peaks = _peaks(prof, 1.5 * r, MIN_DROP * r)
   pa = np.array([(p + 0.5) / bins * 2 * np.pi - np.pi for p in peaks])
   if reg.arm is not None:
     arm = reg.arm
@@ -299,10 +300,31 @@ def thumb_side(geo: HandGeometry) -> np.ndarray:
 
 
 def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray, float]:
-  """(tip [2], axis [2] unit tip->palm, length) of finger 0..4 (thumb..little)."""
+  """(tip [2], axis [2] unit vector down the finger, length tip->palm) of finger 0..4 (thumb..little).
+
+  The axis is the principal direction of the hand mask near the fingertip (a
+  disk a quarter of the finger's length across, a fifth of the way down), so a
+  finger that does not point at the palm centre (the thumb) keeps its own line.
+  """
   tip = geo.tips[finger]
   v = geo.palm - tip
-  return tip, _unit(v), float(np.linalg.norm(v))
+  length = float(np.linalg.norm(v))
+  s = geo.work_scale
+  c = ((tip + 0.2 * v) + 0.5) * s - 0.5
+  rad = 0.25 * length * s
+  h, w = geo.mask.shape
+  y0, y1 = max(0, int(c[1] - rad)), min(h, int(c[1] + rad) + 1)
+  x0, x1 = max(0, int(c[0] - rad)), min(w, int(c[0] + rad) + 1)
+  ys, xs = np.nonzero(geo.mask[y0:y1, x0:x1])
+  pts = np.stack([xs + x0, ys + y0], 1).astype(np.float64)
+  pts = pts[np.hypot(*(pts - c).T) <= rad]
+  axis = _unit(v)
+  if len(pts) >= 10:
+    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(0)).T))
+    a = evecs[:, -1]
+    if evals[-1] > 2 * evals[0]:  # elongated enough to have a direction
+      axis = a if a @ v > 0 else -a
+  return tip, axis, length
 
 
 def joint_position(geo: HandGeometry, finger: int, tu: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@
 For each boxed image: the hand geometry is found (`localize.hand_geometry`,
 which has no fitted numbers), the expert finger-joint boxes are assigned to
 fingers by geometry (below), and each of the six ROIs' box centre is written in
-its finger's (t, u) frame.  The shape model is the mean (t, u) per ROI.  Each
+its finger's (t, u) frame.  The shape model is the median (t, u) per ROI (robust to a mis-assigned finger).  Each
 image is scored with the model fitted on the OTHER folds' images only (k-fold
 by image; 46 folds = leave-one-image-out), so no image is scored by numbers it
 helped to make.  A hit: the 64x64 crop at the 512 scale around the located
@@ -17,7 +17,7 @@ fingers 2-5) and MCP boxes (5) are each ordered by their angle about the wrist
 box's centre, from the little finger to the thumb (the thumb is the end nearer
 the radius box).  Coordinates are scaled from the annotated size to the copy's.
 
-`--write-model` writes the mean over ALL boxed images (what ships); the numbers
+`--write-model` writes the median over ALL boxed images (what ships); the numbers
 it contains come from the box coordinates expressed in the frames of the
 located fingertips and palm.
 """
@@ -37,7 +37,7 @@ from maml_jax.smi import localize as loc
 from maml_jax.smi.shards import ROI_SIZE
 
 # ROI -> (box label, index from the thumb side after ordering: 0 = thumb/most radial).
-ROI_BOX = {"thumb_ip": ("PIP", 0), "thumb_mcp": ("MCP", 0), "middle_dip": ("DIP", 1), "ring_dip": ("DIP", 2),
+ROI_BOX = {"thumb_ip": ("PIP", 0), "thumb_mcp": ("MCP", 0), "middle_dip": ("DIP", 2), "ring_dip": ("DIP", 3),
            "middle_pip": ("PIP", 2), "ring_pip": ("PIP", 3)}
 EXPECT = {"DIP": 4, "PIP": 5, "MCP": 5}
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         rows.append((i, r, "", "", failed[i]))
         continue
       train = [tu[j][r] for j in tu if fold[j] != fold[i]]
-      p = fit.to_square(loc.joint_position(geos[i], loc.FINGER_OF[r], np.mean(train, 0)))
+      p = fit.to_square(loc.joint_position(geos[i], loc.FINGER_OF[r], np.median(train, 0)))
       e = fit.to_square(truth[i][r])
       px, py = np.round(p)
       h = ROI_SIZE // 2
@@ -142,12 +142,12 @@ def main(argv=None) -> int:
       w.writerow(["image_id", "roi", "dist_px_512", "hit", "failure"])
       w.writerows(rows)
   if a.write_model:
-    model = {"about": ("Mean (t, u) of each ROI in its finger's frame: centre = tip + t * (palm - tip) + "
+    model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + t * (palm - tip) + "
                        "u * |palm - tip| * normal (towards the thumb).  Made by maml_jax/tools/locate_eval.py "
                        "from expert box coordinates (Koitka et al. 2018, MIT) of "
                        f"{len(tu)} images, expressed in the frames of the located fingertips and palm."),
              "num_images": len(tu),
-             "joints": {r: [round(float(v), 4) for v in np.mean([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS},
+             "joints": {r: [round(float(v), 4) for v in np.median([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS},
              "spread": {r: [round(float(v), 4) for v in np.std([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS}}
     with open(a.write_model, "w") as f:
       json.dump(model, f, indent=2)
