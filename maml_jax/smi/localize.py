@@ -214,9 +214,10 @@ def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
   prof = np.zeros(BINS)
   np.maximum.at(prof, k, d)
   border = np.zeros_like(mask)
-  border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+  # A band, not the edge row: the mask's opening pulls it a few pixels in from the frame.
+  border[:4], border[-4:], border[:, :4], border[:, -4:] = True, True, True, True
   by, bx = np.nonzero(mask & border)
-  arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 3 else None
+  arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 6 else None
   return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
 
 
@@ -360,9 +361,14 @@ def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = N
   model = load_shape_model() if model is None else model
   h, w = image.shape
   centres = np.array([joint_position(geo, FINGER_OF[r], model[r]) for r in rois])
+  near = ndimage.binary_dilation(geo.mask, iterations=3)
   for name, (x, y) in zip(rois, centres):
     if not (0 <= x < w and 0 <= y < h):
       raise LocalizationError(where, name, f"the joint would lie outside the image at ({x:.0f}, {y:.0f})")
+    wx, wy = (np.array([x, y]) + 0.5) * geo.work_scale - 0.5
+    if not near[min(int(round(wy)), near.shape[0] - 1), min(int(round(wx)), near.shape[1] - 1)]:
+      raise LocalizationError(where, name, f"the joint would fall outside the hand's outline at ({x:.0f}, {y:.0f}) "
+                              "(a finger or the thumb was mis-found)")
   note = "right hand (thumb on the left with the fingers up): joints named as on a left hand" if geo.mirrored else ""
   return Found(tuple(rois), centres, geo, note)
 

@@ -15,7 +15,8 @@ Inputs (all CSVs have a header row; extra columns are ignored):
     for registered images.
   x is the column and y the row, in pixels of the original image (or of the
   512x512 resized image with `coords="resized"`).  ROIs are named as in the
-  CSV (a number n becomes "roi<n>"), in order of first appearance.
+  CSV (a number n becomes "roi<n>"), in order of first appearance; an
+  optional `name` column (long or template form) names them instead.
 
 Everything is read and checked before anything is written, so bad input
 leaves no output behind.
@@ -171,6 +172,13 @@ def read_centres(path: str) -> tuple[Optional[dict[str, np.ndarray]], tuple[str,
   rows = read_csv(path)
   cols = list(rows[0])
   if {"roi", "x", "y"} <= set(cols):
+    if "name" in cols:  # a `name` column names the ROIs (one name per roi)
+      named: dict[str, str] = {}
+      for i, r in enumerate(rows):
+        if r["name"] and named.setdefault(r["roi"], r["name"]) != r["name"]:
+          raise SMIDataError(f"{path}: row {i + 2}: roi {r['roi']!r} is named both {named[r['roi']]!r} "
+                             f"and {r['name']!r}")
+      rows = [{**r, "roi": named.get(r["roi"]) or r["roi"]} for r in rows]
     names: list[str] = []
     for r in rows:
       if _roi_name(r["roi"]) not in names:

@@ -108,17 +108,23 @@ def main(argv=None) -> int:
   dist = {r: [] for r in loc.JOINT_ROIS}
   hits = {r: [] for r in loc.JOINT_ROIS}
   rows = []
+  rejected = {}
   for i in ids:
-    shape = imio.read_gray(os.path.join(a.images, i + ".png")).shape
-    fit = imio.square_fit(shape)
+    image = imio.read_gray(os.path.join(a.images, i + ".png"))
+    fit = imio.square_fit(image.shape)
+    held_out = {r: np.median([tu[j][r] for j in tu if fold[j] != fold[i]], 0) for r in loc.JOINT_ROIS}
+    if i not in failed:
+      try:  # the full check, as prepare-smi runs it (joints inside the hand outline)
+        loc.locate(image, where=i, model=held_out)
+      except loc.LocalizationError as e:
+        rejected[i] = str(e)
     for r in loc.JOINT_ROIS:
       if i in failed:
         dist[r].append(np.inf)
         hits[r].append(False)
         rows.append((i, r, "", "", failed[i]))
         continue
-      train = [tu[j][r] for j in tu if fold[j] != fold[i]]
-      p = fit.to_square(loc.joint_position(geos[i], loc.FINGER_OF[r], np.median(train, 0)))
+      p = fit.to_square(loc.joint_position(geos[i], loc.FINGER_OF[r], held_out[r]))
       e = fit.to_square(truth[i][r])
       px, py = np.round(p)
       h = ROI_SIZE // 2
@@ -136,6 +142,14 @@ def main(argv=None) -> int:
     print(f"{r:12s} {hr.sum():>10d}/{len(hr)} = {100 * hr.mean():5.1f}% {np.median(dist[r]):>18.1f}")
   allh = np.concatenate([hits[r] for r in loc.JOINT_ROIS])
   print(f"{'all six':12s} {allh.sum():>10d}/{len(allh)} = {100 * allh.mean():5.1f}%")
+  kept = [n for n, i in enumerate(ids) if i not in failed and i not in rejected]
+  print(f"prepare-smi would keep {len(kept)} of {len(ids)} images (also rejected by the outline check: "
+        f"{len(rejected)}); on the kept images:")
+  for i, why in rejected.items():
+    print(f"  rejected: {why}")
+  for r in loc.JOINT_ROIS:
+    hr = np.array(hits[r])[kept]
+    print(f"{r:12s} {hr.sum():>10d}/{len(hr)} = {100 * hr.mean():5.1f}% {np.median(np.array(dist[r])[kept]):>18.1f}")
   if a.per_image:
     with open(a.per_image, "w", newline="") as f:
       w = csv.writer(f)
