@@ -16,7 +16,7 @@ Steps, on a copy scaled to 256 px on the long side:
   4. fingertips: peaks of the mask's outline distance from the palm centre,
      in the half-plane away from the arm; five are needed;
   5. fingers by geometry: the thumb is the end finger with the wider angular
-     gap to its neighbour and the shorter reach; middle and ring are the third
+     gap to its neighbour and the tip nearer the wrist; middle and ring are the third
      and fourth from it.  A thumb on the image's left, with the fingers up,
      means a right hand (the image is a mirrored view of a left one);
   6. each joint at `tip + t * (palm - tip) + u * |palm - tip| * normal`, with
@@ -64,6 +64,7 @@ class HandGeometry:
     mirrored: True when the thumb sits where a right hand's would (the image
       shows a right hand, or a left hand seen mirrored).
     mask: bool [h, w] hand mask at the working scale; work_scale its scale.
+    doubt: what was assumed rather than seen ("" when nothing).
   """
   tips: np.ndarray
   palm: np.ndarray
@@ -72,6 +73,7 @@ class HandGeometry:
   mirrored: bool
   mask: np.ndarray
   work_scale: float
+  doubt: str = ""
 
   def bbox(self) -> np.ndarray:
     """float [4] (x0, y0, x1, y1) of the hand mask in original pixels."""
@@ -118,6 +120,22 @@ def _otsu3(values: np.ndarray) -> tuple[float, float]:
   return float(edges[arg[0]]), float(edges[arg[1]])
 
 
+SOLID = 0.86  # mask area / convex hull area above which a region is a film or background, not a hand
+
+
+def _solidity(m: np.ndarray) -> float:
+  """Area of the mask over the area of its convex hull."""
+  from scipy.spatial import ConvexHull, QhullError
+  edge = m & ~ndimage.binary_erosion(m)
+  ys, xs = np.nonzero(edge)
+  if len(xs) < 10:
+    return 1.0
+  try:
+    return float(m.sum() / max(ConvexHull(np.stack([xs, ys], 1)).volume, 1.0))
+  except QhullError:
+    return 1.0
+
+
 def _largest_component(m: np.ndarray) -> np.ndarray:
   lab, n = ndimage.label(m)
   if n == 0:
@@ -136,13 +154,17 @@ def work_image(image: np.ndarray) -> tuple[np.ndarray, float]:
 
 def hand_mask(g: np.ndarray) -> np.ndarray:
   """bool [h, w]: the hand (with whatever arm is in view) in the work image `g`."""
-  lo, _ = _otsu3(g)
-  m = _largest_component(ndimage.binary_opening(g > lo, iterations=2))
-  ys, xs = np.nonzero(m)
-  fill = m.sum() / max(1, (np.ptp(ys) + 1) * (np.ptp(xs) + 1))
-  if m.mean() > 0.6 or fill > 0.85:  # the threshold caught a bright film or background: split inside it
-    lo, _ = _otsu3(g[m])
-    m = _largest_component(ndimage.binary_opening(g > lo, iterations=2))
+  inside = np.ones(g.shape, bool)
+  for _ in range(3):
+    lo, _ = _otsu3(g[inside])
+    m = _largest_component(ndimage.binary_opening((g > lo) & inside, iterations=2))
+    # A hand with its fingers is far from convex; a bright film, a light box or a lit background
+    # is not.  Then the hand is the bright part inside it: split again within.
+    if m.sum() < 50 or (m.mean() <= 0.6 and _solidity(m) < SOLID):
+      break
+    inside = ndimage.binary_erosion(m, iterations=3)
+    if inside.sum() < 50:
+      break
   m = ndimage.binary_closing(m, iterations=2)
   return ndimage.binary_fill_holes(m)
 
@@ -186,6 +208,7 @@ class HandRegion:
 
 
 BINS = 180
+THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
 
@@ -254,27 +277,29 @@ def hand_geometry(image: np.ndarray, *, where: str = "image") -> HandGeometry:
     best = max(range(len(fingers) - 4), key=lambda i: sum(prof[p] for _, p in fingers[i:i + 5]))
     fingers = fingers[best:best + 5]
   rel5 = np.array([f[0] for f in fingers])
-  reach = np.array([prof[p] for _, p in fingers]) / r
   gaps = np.diff(rel5)
-  # The thumb: the end finger set apart by the wider gap and reaching less far.
-  score_first = gaps[0] / gaps.mean() - reach[0] / reach.max()
-  score_last = gaps[-1] / gaps.mean() - reach[-1] / reach.max()
   tips = []
   for _, p in fingers:
     sel = k == p
     i = int(np.argmax(np.where(sel, d, -1)))
     tips.append([xs[i], ys[i]])
   tips = np.array(tips, np.float64)
-  # rel grows clockwise on screen (y down): the last finger is on the right of "up".
-  thumb_last = score_last > score_first
-  if abs(score_last - score_first) < 0.1:
-    raise LocalizationError(where, "thumb", "cannot tell the thumb from the little finger "
-                            f"(end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees)")
-  if thumb_last:
+  # The thumb: the end finger set apart by the wider angular gap and reaching less far up the
+  # hand's axis (its tip sits nearer the wrist).
+  lift = (tips - palm) @ up / r
+  score_first = gaps[0] / gaps.mean() - lift[0] / lift.max()
+  score_last = gaps[-1] / gaps.mean() - lift[-1] / lift.max()
+  # rel grows clockwise on screen (y down): the last finger is on the right of "up", where a left
+  # hand seen from the back (PA, the bone-age standard view) has its thumb.  A right hand is
+  # called only on clear evidence; otherwise the standard left hand is assumed, and said.
+  margin = score_first - score_last
+  mirrored = margin > THUMB_MARGIN
+  doubt = "" if abs(margin) > THUMB_MARGIN else (
+      f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
+      "assumed a left hand")
+  if not mirrored:
     tips = tips[::-1]
-  # For a left hand seen from the back (PA), fingers up, the thumb is on the right.
-  mirrored = not thumb_last
-  return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s)
+  return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt)
 
 
 WHOLE_ROIS = ("whole_hand",)
@@ -370,7 +395,7 @@ def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = N
       raise LocalizationError(where, name, f"the joint would fall outside the hand's outline at ({x:.0f}, {y:.0f}) "
                               "(a finger or the thumb was mis-found)")
   note = "right hand (thumb on the left with the fingers up): joints named as on a left hand" if geo.mirrored else ""
-  return Found(tuple(rois), centres, geo, note)
+  return Found(tuple(rois), centres, geo, "; ".join(n for n in (note, geo.doubt) if n))
 
 
 def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64) -> tuple[np.ndarray, Found]:
