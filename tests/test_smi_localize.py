@@ -27,38 +27,47 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
   """SYNTHETIC hand drawing: uint8 [H, W] and {roi: (x, y)} its known joint centres.
 
   Soft tissue (grey) around bones (bright) on a dark film; the arm leaves
-  through the bottom edge.  Each joint sits where the shipped shape model says
-  it sits relative to its finger's tip and the palm centre, so a correct
-  localiser must land on it."""
+  through the bottom edge.  The joints are placed where the shipped shape
+  model puts them relative to their finger's tip and the palm centre, and the
+  thumb is drawn through its two joints (a real thumb bends towards the
+  wrist), so a correct localiser must land on them."""
   rng = np.random.default_rng(seed)
   w, h = size
   cx, cy = centre
+  palm = np.array([cx, cy], np.float64)
+  model = localize.load_shape_model()
   im = Image.new("L", (w, h), 20)
   d = ImageDraw.Draw(im)
   d.ellipse([cx - 78, cy - 80, cx + 78, cy + 80], fill=120)
   d.rectangle([cx - 48, cy, cx + 48, h], fill=120)
-  tips = []
-  for a, length in zip(ANGLES, LENGTHS):
+  tips, joints, lines = [], {}, []
+  for k, (a, length) in enumerate(zip(ANGLES, LENGTHS)):
     t = np.radians(a)
-    tip = (cx + length * np.sin(t), cy - length * np.cos(t))
-    base = (cx + 0.45 * length * np.sin(t), cy - 0.45 * length * np.cos(t))
-    width = 30 if a > 50 else 24
-    d.line([base, tip], fill=120, width=width)
-    d.ellipse([tip[0] - width / 2, tip[1] - width / 2, tip[0] + width / 2, tip[1] + width / 2], fill=120)
+    tip = palm + length * np.array([np.sin(t), -np.cos(t)])
     tips.append(tip)
-  for a, length in zip(ANGLES, LENGTHS):  # bones
-    t = np.radians(a)
-    d.line([(cx + 0.2 * length * np.sin(t), cy - 0.2 * length * np.cos(t)),
-            (cx + (length - 10) * np.sin(t), cy - (length - 10) * np.cos(t))], fill=220, width=8)
+    if k == 4:  # the thumb: tip -> IP -> MCP -> its base, joints from the model's frame
+      axis = (palm - tip) / length
+      n = np.array([-axis[1], axis[0]])
+      n = n if n[0] > 0 else -n                    # towards the thumb side (right)
+      ip, mcp = (tip + length * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
+      joints["thumb_ip"], joints["thumb_mcp"] = ip, mcp
+      lines.append(([tuple(tip), tuple(ip), tuple(mcp), tuple(mcp + 0.9 * (mcp - ip))], 30))
+    else:
+      lines.append(([tuple(palm + 0.25 * (tip - palm)), tuple(tip)], 24))
+  for pts, width in lines:
+    d.line(pts, fill=120, width=width, joint="curve")
+    x, y = pts[-1] if width == 24 else pts[0]
+    d.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=120)
+  for pts, _ in lines:  # bones, a little short of the tip
+    q = list(pts) if len(pts) > 2 else [pts[0], tuple(np.array(pts[1]) + 10 * (np.array(pts[0]) - pts[1]) /
+                                                       np.linalg.norm(np.array(pts[0]) - pts[1]))]
+    if len(pts) > 2:
+      q[0] = tuple(np.array(pts[0]) + 10 * (np.array(pts[1]) - pts[0]) / np.linalg.norm(np.array(pts[1]) - pts[0]))
+    d.line(q, fill=220, width=8, joint="curve")
+  for roi, finger in (("middle_dip", 2), ("middle_pip", 2), ("ring_dip", 1), ("ring_pip", 1)):
+    tip = tips[finger]
+    joints[roi] = tip + model[roi][0] * (palm - tip)
   a = np.asarray(im, np.float64) + rng.normal(0, 3, (h, w))
-  model = localize.load_shape_model()
-  palm = np.array([cx, cy], np.float64)
-  order = {0: 4, 2: 2, 3: 1}  # finger index (thumb = 0) -> drawing index
-  joints = {}
-  for roi in localize.JOINT_ROIS:
-    tip = np.array(tips[order[localize.FINGER_OF[roi]]])
-    t, _ = model[roi]
-    joints[roi] = tip + t * (palm - tip)
   return np.clip(a, 0, 255).astype(np.uint8), joints
 
 
@@ -224,6 +233,37 @@ def test_template_name_column_names_the_rois(tmp_path):
   assert names == ("thumb_ip", "middle_dip") and tmpl.tolist() == [[10, 20], [30, 40]]
 
 
+def tiny_workdir(folder, ways):
+  """A workdir with the tiny configuration's initial (0-step) checkpoint."""
+  wd = str(folder)
+  os.makedirs(wd)
+  cfg = get_preset("tiny").replace(ways=ways)
+  checkpoints.check_or_write_config(wd, cfg)
+  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  ck = checkpoints.Checkpoints(wd, 1)
+  ck.save(init_state(model, cfg, jax.random.key(0), (cfg.image_size, cfg.image_size, cfg.channels)))
+  ck.close()
+  return wd
+
+
+def test_predict_locates_joints_of_a_new_radiograph_and_previews_them(tmp_path, capsys):
+  write_set(tmp_path, n=12)
+  with open(tmp_path / "labels.csv", "w") as f:   # two bone-age stages of six SYNTHETIC hands each
+    f.write("image_id,boneage_months\n" + "".join(f"hand{i},{20 if i < 6 else 150}\n" for i in range(12)))
+  assert main(["prepare-smi", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "labels.csv"),
+               "--out", str(tmp_path / "out"), "--no-progress", "--age-boundaries", "100"]) == 0
+  wd = tiny_workdir(tmp_path / "run", ways=2)
+  assert main(["adapt", "--workdir", wd, "--data", str(tmp_path / "out"), "--shots", "5", "--queries", "1",
+               "--trials", "1", "--no-weighted", "--out", str(tmp_path / "rep"), "--save", str(tmp_path / "m")]) == 0
+  new, _ = draw_hand(seed=99)
+  Image.fromarray(new[:, ::-1].copy()).save(tmp_path / "new.png")   # a right hand, never seen
+  capsys.readouterr()
+  assert main(["predict", "--model", str(tmp_path / "m"), "--image", str(tmp_path / "new.png"),
+               "--preview", str(tmp_path / "pv")]) == 0
+  out = capsys.readouterr().out
+  assert "new: right hand" in out and "new: stage" in out and (tmp_path / "pv" / "new.png").is_file()
+
+
 # ---- real X-rays: prepare-smi then adapt (skipped without ../shared) --------------------------------
 
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="needs ../shared/data/handxray")
@@ -243,14 +283,7 @@ def test_real_xrays_prepare_then_adapt(tmp_path, capsys, mode):
                "--no-progress"]) == 0
   data = shards.load_shards(str(tmp_path / "out"))
   assert data.num_images >= 20 and len(data.roi_names) == (1 if mode == "whole" else 6)
-  wd = str(tmp_path / "run")
-  os.makedirs(wd)
-  cfg = get_preset("tiny").replace(ways=2)
-  checkpoints.check_or_write_config(wd, cfg)
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
-  ck = checkpoints.Checkpoints(wd, 1)
-  ck.save(init_state(model, cfg, jax.random.key(0), (cfg.image_size, cfg.image_size, cfg.channels)))
-  ck.close()
+  wd = tiny_workdir(tmp_path / "run", ways=2)
   counts = data.counts()
   q = int(min(counts)) - 5
   assert main(["adapt", "--workdir", wd, "--data", str(tmp_path / "out"), "--shots", "5", "--queries", str(q),
