@@ -32,6 +32,8 @@ The ROI CSV has the forms `prepare-smi` reads (long, wide, or a template
   p.add_argument("--rois", metavar="CSV", help="ROI centres (long, wide or template CSV); without it the "
                  "ROIs are located automatically (models with the six joint ROIs or the whole hand)")
   p.add_argument("--preview", metavar="DIR", help="write each image with its located boxes and names as a PNG")
+  p.add_argument("--hand", choices=("auto", "left", "right"), default="auto",
+                 help="as in prepare-smi: auto finds and mirrors a right hand; left/right fixes the side")
   p.add_argument("--coords", choices=("original", "resized"), default="original",
                  help="ROI centres in original-image pixels (default) or in the 512x512 resized image")
   p.add_argument("--rule", choices=("majority", "average", "weighted"), default="majority",
@@ -55,7 +57,7 @@ def _centres_for(image_id, per_image, names, template, model_rois, csv_path):
   return per_image[image_id][order]
 
 
-def _located(paths: dict, roi_names, preview_dir):
+def _located(paths: dict, roi_names, preview_dir, hand="auto"):
   """uint8 [k, R, 64, 64] crops cut where `prepare-smi --rois auto|whole` would cut them."""
   import numpy as np
   from maml_jax.smi import files, prepare, preview
@@ -67,7 +69,7 @@ def _located(paths: dict, roi_names, preview_dir):
                        f"({list(loc.JOINT_ROIS)} or {list(loc.WHOLE_ROIS)}): pass --rois with their centres")
   crops, found = [], {}
   for image_id, path in paths.items():
-    crop, f = prepare._cut(path, mode, None, "original", roi_names)
+    crop, f = prepare._cut(path, mode, None, "original", roi_names, hand)
     crops.append(crop)
     found[image_id] = f
     if f.note:
@@ -113,7 +115,7 @@ def main(args) -> int:
                                            disable=len(paths) < 20)])
       found = {}
     else:
-      rois, found = _located(paths, model.roi_names, args.preview)
+      rois, found = _located(paths, model.roi_names, args.preview, args.hand)
     out = predictor.stage_images(model, rois, args.rule)
   except SMIDataError as e:
     return report(e)

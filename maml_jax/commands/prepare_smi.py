@@ -49,6 +49,10 @@ examples:
   p.add_argument("--on-failure", choices=("error", "skip"), default="error",
                  help="an image that cannot be read, or whose hand or joints cannot be found confidently: "
                       "stop with an error naming it (default), or leave it out and list it in excluded.csv")
+  p.add_argument("--hand", choices=("auto", "left", "right"), default="auto",
+                 help="auto: a right hand is found, mirrored and named as a left one (default); left/right: "
+                      "every image shows this hand (bone-age radiographs are left hands), so a hand seen as the "
+                      "other side is a mis-found thumb and is a failure")
   p.add_argument("--preview", metavar="DIR",
                  help="write overlay PNGs (image, boxes, ROI names) for a sample and for every failed image, "
                       "plus contact_sheet.png")
@@ -99,7 +103,7 @@ def main(args) -> int:
     data, summary = prepare.build(args.images, args.labels, args.rois, coords=args.coords, stages=args.stages,
                                   mapping=args.mapping, age_boundaries=ages, label_column=args.label_column,
                                   on_failure=args.on_failure, progress=not args.no_progress,
-                                  age_stages=args.age_stages)
+                                  age_stages=args.age_stages, hand=args.hand)
     synthetic = args.synthetic or os.path.isfile(os.path.join(args.images, "SYNTHETIC.txt"))
     data = dataclasses.replace(data, synthetic=synthetic)
     with files.atomic_dir(args.out, overwrite=args.overwrite) as tmp:

@@ -65,6 +65,7 @@ class HandGeometry:
       shows a right hand, or a left hand seen mirrored).
     mask: bool [h, w] hand mask at the working scale; work_scale its scale.
     doubt: what was assumed rather than seen ("" when nothing).
+    right_score: thumb evidence for a right hand (> THUMB_MARGIN: called right; < -THUMB_MARGIN: left).
   """
   tips: np.ndarray
   palm: np.ndarray
@@ -74,6 +75,7 @@ class HandGeometry:
   mask: np.ndarray
   work_scale: float
   doubt: str = ""
+  right_score: float = 0.0
 
   def bbox(self) -> np.ndarray:
     """float [4] (x0, y0, x1, y1) of the hand mask in original pixels."""
@@ -208,6 +210,7 @@ class HandRegion:
 
 
 BINS = 180
+OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
@@ -299,7 +302,8 @@ def hand_geometry(image: np.ndarray, *, where: str = "image") -> HandGeometry:
       "assumed a left hand")
   if not mirrored:
     tips = tips[::-1]
-  return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt)
+  return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt,
+                      float(margin))
 
 
 WHOLE_ROIS = ("whole_hand",)
@@ -373,21 +377,41 @@ def joint_coordinates(geo: HandGeometry, finger: int, xy: np.ndarray) -> np.ndar
   return np.array([d @ axis, d @ n])
 
 
+HANDS = ("auto", "left", "right")
+
+
+def check_hand(geo: HandGeometry, hand: str, where: str) -> None:
+  """With hand "left" or "right" (the side every image should show), a hand seen as the other
+  side is a failure: either the side or the thumb was mis-found, and the crops would be wrong."""
+  if hand not in HANDS:
+    raise ValueError(f"hand must be one of {HANDS}, got {hand!r}")
+  seen = "right" if geo.mirrored else "left"
+  if hand != "auto" and seen != hand:
+    raise LocalizationError(where, "thumb", f"the thumb sits where a {seen} hand's would, but every image "
+                            f"should show a {hand} hand (--hand {hand}): thumb or fingers mis-found")
+
+
 def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = None,
-           rois: tuple[str, ...] = JOINT_ROIS) -> Found:
+           rois: tuple[str, ...] = JOINT_ROIS, hand: str = "auto") -> Found:
   """The six joint ROI centres of a hand radiograph (original pixels).
 
   Args:
     image: uint8 [H, W].
     model: {roi: (t, u)}; the shipped shape model when None.
+    hand: "auto" (a right hand is mirrored into a left one, and said), or
+      "left"/"right": the side every image shows (the other side is a failure).
   Raises:
     LocalizationError naming `where`, the ROI and the reason.
   """
   geo = hand_geometry(image, where=where)
+  check_hand(geo, hand, where)
   model = load_shape_model() if model is None else model
   h, w = image.shape
   centres = np.array([joint_position(geo, FINGER_OF[r], model[r]) for r in rois])
-  near = ndimage.binary_dilation(geo.mask, iterations=3)
+  # A gross error puts a joint off the hand; the mask may miss faint soft tissue at the hand's edge,
+  # so a joint may sit up to OUTLINE_SLACK palm radii outside it.
+  slack = max(3, int(round(OUTLINE_SLACK * geo.palm_radius * geo.work_scale)))
+  near = ndimage.distance_transform_edt(~geo.mask) <= slack
   for name, (x, y) in zip(rois, centres):
     if not (0 <= x < w and 0 <= y < h):
       raise LocalizationError(where, name, f"the joint would lie outside the image at ({x:.0f}, {y:.0f})")
@@ -399,7 +423,8 @@ def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = N
   return Found(tuple(rois), centres, geo, "; ".join(n for n in (note, geo.doubt) if n))
 
 
-def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64) -> tuple[np.ndarray, Found]:
+def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64,
+               hand: str = "auto") -> tuple[np.ndarray, Found]:
   """One normalised view of the whole hand: uint8 [size, size].
 
   The hand is turned so its arm points down (fingers up), a right hand found
@@ -413,6 +438,8 @@ def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64) -> tu
   try:
     geo = hand_geometry(image, where=where)
     arm, mirrored = geo.arm, geo.mirrored
+    if hand != "auto":  # the side is known: only turn the view, never mirror it
+      mirrored = hand == "right"
   except LocalizationError as e:
     arm, mirrored, geo = reg.arm, False, None
     note = f"fingers not resolved ({e.reason}): not checked for a right hand"

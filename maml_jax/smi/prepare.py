@@ -229,15 +229,16 @@ class PrepareSummary:
 ROI_MODES = ("auto", "whole")
 
 
-def _cut(path: str, rois: str, centres, coords: str, roi_names) -> tuple[np.ndarray, Optional[object]]:
+def _cut(path: str, rois: str, centres, coords: str, roi_names,
+         hand: str = "auto") -> tuple[np.ndarray, Optional[object]]:
   """uint8 [R, 64, 64] crops of one image, and the localisation result (None for a ROI file)."""
   if rois == "whole":
     image = imio.read_gray(path, min_size=imio.MIN_SIZE)
-    crop, found = loc.whole_hand(image, where=path)
+    crop, found = loc.whole_hand(image, where=path, hand=hand)
     return crop[None], found
   if rois == "auto":
     image = imio.read_gray(path, min_size=imio.MIN_SIZE)
-    found = loc.locate(image, where=path)
+    found = loc.locate(image, where=path, hand=hand)
     fit = imio.square_fit(image.shape)
     return imio.crop_rois(imio.resize(image), fit.to_square(found.centres), where=path,
                           roi_names=found.roi_names), found
@@ -247,13 +248,14 @@ def _cut(path: str, rois: str, centres, coords: str, roi_names) -> tuple[np.ndar
 def build(images_dir: str, labels_csv: str, rois: str = "auto", *, coords: str = "original",
           stages: str = "11", mapping: Optional[str] = None, age_boundaries: Optional[Sequence[float]] = None,
           label_column: str = "stage", on_failure: str = "error", progress: bool = True,
-          age_stages: int = 5) -> tuple[SMIData, PrepareSummary]:
+          age_stages: int = 5, hand: str = "auto") -> tuple[SMIData, PrepareSummary]:
   """Reads everything and returns the data set (nothing is written).
 
   Args:
     rois: "auto" (find the six joints in each image, `localize.JOINT_ROIS`),
       "whole" (one normalised whole-hand view) or a ROI-centre CSV (which wins
       over any localisation).
+    hand: "auto", "left" or "right" (see `localize.locate`).
     on_failure: "error" stops at the first image that cannot be read or whose
       hand or joints cannot be found; "skip" leaves such images out and lists
       them in the summary's `excluded`.
@@ -287,7 +289,7 @@ def build(images_dir: str, labels_csv: str, rois: str = "auto", *, coords: str =
     image_id = table.image_id[n]
     centres = None if rois in ROI_MODES else (template if per_image is None else per_image[image_id])
     try:
-      crop, found = _cut(paths[image_id], rois, centres, coords, roi_names)
+      crop, found = _cut(paths[image_id], rois, centres, coords, roi_names, hand)
     except SMIDataError as e:
       if on_failure == "error":
         raise

@@ -32,6 +32,11 @@ def overlay(image: np.ndarray, names: Sequence[str], centres: np.ndarray, title:
   lw = max(1, int(round(max(image.shape) / 300)))
   for k, (name, (x, y)) in enumerate(zip(names, np.asarray(centres).reshape(-1, 2))):
     c = COLOURS[k % len(COLOURS)]
+    if name == "whole_hand":  # the view is the whole hand: mark the palm centre it was turned about
+      d.line([x - half, y, x + half, y], fill=c, width=lw)
+      d.line([x, y - half, x, y + half], fill=c, width=lw)
+      d.text((x + 2 * lw, y + 2 * lw), "whole-hand view (palm centre)", fill=c)
+      continue
     d.rectangle([x - half, y - half, x + half, y + half], outline=c, width=lw)
     d.text((x - half + 2 * lw, y - half + lw), name, fill=c)
   if title:

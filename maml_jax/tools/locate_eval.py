@@ -91,6 +91,7 @@ def main(argv=None) -> int:
   ap.add_argument("--folds", type=int, default=46, help="k-fold by image (default: leave one image out)")
   ap.add_argument("--write-model", metavar="JSON")
   ap.add_argument("--per-image", metavar="CSV", help="write each image's distances and hits")
+  ap.add_argument("--hand", choices=loc.HANDS, default="auto", help="as prepare-smi's --hand (default auto)")
   a = ap.parse_args(argv)
   boxes = read_boxes(a.boxes, a.images)
   ids = sorted(boxes)
@@ -114,8 +115,8 @@ def main(argv=None) -> int:
     fit = imio.square_fit(image.shape)
     held_out = {r: np.median([tu[j][r] for j in tu if fold[j] != fold[i]], 0) for r in loc.JOINT_ROIS}
     if i not in failed:
-      try:  # the full check, as prepare-smi runs it (joints inside the hand outline)
-        loc.locate(image, where=i, model=held_out)
+      try:  # the full checks, as prepare-smi runs them (joints near the hand outline, --hand)
+        loc.locate(image, where=i, model=held_out, hand=a.hand)
       except loc.LocalizationError as e:
         rejected[i] = str(e)
     for r in loc.JOINT_ROIS:
@@ -143,8 +144,8 @@ def main(argv=None) -> int:
   allh = np.concatenate([hits[r] for r in loc.JOINT_ROIS])
   print(f"{'all six':12s} {allh.sum():>10d}/{len(allh)} = {100 * allh.mean():5.1f}%")
   kept = [n for n, i in enumerate(ids) if i not in failed and i not in rejected]
-  print(f"prepare-smi would keep {len(kept)} of {len(ids)} images (also rejected by the outline check: "
-        f"{len(rejected)}); on the kept images:")
+  print(f"prepare-smi --hand {a.hand} would keep {len(kept)} of {len(ids)} images (also rejected by its "
+        f"checks: {len(rejected)}); on the kept images:")
   for i, why in rejected.items():
     print(f"  rejected: {why}")
   for r in loc.JOINT_ROIS:
