@@ -247,7 +247,7 @@ def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
   return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
 
 
-def hand_geometry(image: np.ndarray, *, where: str = "image") -> HandGeometry:
+def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[HandRegion] = None) -> HandGeometry:
   """Finds the hand mask, palm, arm direction, five fingertips and the thumb (see the module doc).
 
   Args:
@@ -255,7 +255,7 @@ def hand_geometry(image: np.ndarray, *, where: str = "image") -> HandGeometry:
   Raises:
     LocalizationError naming `where` when no hand or not five fingertips are found.
   """
-  reg = hand_region(image, where=where)
+  reg = hand_region(image, where=where) if region is None else region
   mask, palm, r, s, prof, k, d = reg.mask, reg.palm, reg.radius, reg.scale, reg.profile, reg.bin_of, reg.dist
   xs, ys = reg.xy[:, 0], reg.xy[:, 1]
   bins = BINS
@@ -436,7 +436,7 @@ def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64,
   reg = hand_region(image, where=where)
   note = ""
   try:
-    geo = hand_geometry(image, where=where)
+    geo = hand_geometry(image, where=where, region=reg)
     arm, mirrored = geo.arm, geo.mirrored
     if hand != "auto":  # the side is known: only turn the view, never mirror it
       mirrored = hand == "right"
