@@ -211,6 +211,7 @@ class HandRegion:
 
 BINS = 180
 OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
+FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
@@ -271,7 +272,7 @@ def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[H
   up = -arm
   rel = np.array([np.arctan2(np.sin(a - np.arctan2(up[1], up[0])), np.cos(a - np.arctan2(up[1], up[0])))
                   for a in pa])
-  fingers = [(float(rr), p) for rr, p in zip(rel, peaks) if abs(rr) < np.radians(115)]
+  fingers = [(float(rr), p) for rr, p in zip(rel, peaks) if abs(rr) < np.radians(FINGER_SPAN)]
   fingers.sort()
   if len(fingers) < 5:
     raise LocalizationError(where, "fingers", f"found {len(fingers)} fingertip(s), need 5 (fingers touching, "
