@@ -1,7 +1,9 @@
 """`predict`: stages new hand X-rays with a model kept by `adapt --save`.
 
-Cuts the ROIs of each image (512x512, 64x64 crops around the centres in the
-ROI CSV, as `prepare-smi` does), classifies every ROI with the adapted
+Cuts the ROIs of each image as `prepare-smi` does (512x512 with the aspect
+kept, 64x64 crops around the centres in the ROI CSV or, without one, around
+the joints located automatically; or the whole-hand view for a model adapted
+on `--rois whole` shards), classifies every ROI with the adapted
 network (batch-norm statistics from the saved support crops), and combines
 the ROI votes.  Prints, per image, the stage, the stage probabilities
 (averaged over ROIs) and each ROI's vote; --csv writes the same as a table.
@@ -17,6 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       "predict", help="stage hand X-rays with a model saved by `adapt --save`",
       formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
+  python run.py predict --model smi_model/ --image x.png --preview boxes/
   python run.py predict --model smi_model/ --image x.png --rois rois.csv
   python run.py predict --model smi_model/ --images xrays/ --rois rois.csv --csv stages.csv
 The ROI CSV has the forms `prepare-smi` reads (long, wide, or a template
@@ -26,7 +29,11 @@ The ROI CSV has the forms `prepare-smi` reads (long, wide, or a template
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--image", metavar="FILE", help="one X-ray image")
   src.add_argument("--images", metavar="DIR", help="a folder of X-ray images")
-  p.add_argument("--rois", required=True, metavar="CSV", help="ROI centres (long, wide or template CSV)")
+  p.add_argument("--rois", metavar="CSV", help="ROI centres (long, wide or template CSV); without it the "
+                 "ROIs are located automatically (models with the six joint ROIs or the whole hand)")
+  p.add_argument("--preview", metavar="DIR", help="write each image with its located boxes and names as a PNG")
+  p.add_argument("--hand", choices=("auto", "left", "right"), default="auto",
+                 help="as in prepare-smi: auto finds and mirrors a right hand; left/right fixes the side")
   p.add_argument("--coords", choices=("original", "resized"), default="original",
                  help="ROI centres in original-image pixels (default) or in the 512x512 resized image")
   p.add_argument("--rule", choices=("majority", "average", "weighted"), default="majority",
@@ -50,6 +57,37 @@ def _centres_for(image_id, per_image, names, template, model_rois, csv_path):
   return per_image[image_id][order]
 
 
+def _located(paths: dict, roi_names, preview_dir, hand="auto"):
+  """uint8 [k, R, 64, 64] crops cut where `prepare-smi --rois auto|whole` would cut them."""
+  import numpy as np
+  from maml_jax.smi import files, prepare, preview
+  from maml_jax.smi import localize as loc
+  from maml_jax.smi.errors import SMIDataError
+  mode = "auto" if tuple(roi_names) == loc.JOINT_ROIS else "whole" if tuple(roi_names) == loc.WHOLE_ROIS else None
+  if mode is None:
+    raise SMIDataError(f"the model's ROIs {list(roi_names)} are not ones this program can locate "
+                       f"({list(loc.JOINT_ROIS)} or {list(loc.WHOLE_ROIS)}): pass --rois with their centres")
+  crops, found = [], {}
+  for image_id, path in paths.items():
+    crop, f = prepare._cut(path, mode, None, "original", roi_names, hand)
+    crops.append(crop)
+    found[image_id] = f
+    if f.note:
+      print(f"note: {image_id}: {f.note}")
+    if preview_dir:
+      im = preview.overlay(images_read(path), f.roi_names, f.centres, title=image_id)
+      os.makedirs(preview_dir, exist_ok=True)
+      files.write_bytes(os.path.join(preview_dir, image_id + ".png"), preview._png(im))
+  if preview_dir:
+    print(f"wrote {len(found)} preview(s) to {preview_dir}")
+  return np.stack(crops), found
+
+
+def images_read(path):
+  from maml_jax.smi import images
+  return images.read_gray(path)
+
+
 def main(args) -> int:
   import csv
   import io
@@ -66,14 +104,18 @@ def main(args) -> int:
     paths = {os.path.splitext(os.path.basename(args.image))[0]: args.image}
   else:
     paths = images.list_images(args.images)
-  per_image, names, template = prepare.read_centres(args.rois)
-  if per_image is not None and len(paths) == 1 and next(iter(paths)) not in per_image and len(per_image) == 1:
-    per_image = {next(iter(paths)): next(iter(per_image.values()))}  # one image, one row set: pair them
-  rois = np.stack([images.rois_from_file(path, _centres_for(i, per_image, list(names), template,
-                                                            model.roi_names, args.rois),
-                                         coords=args.coords, roi_names=model.roi_names)
-                   for i, path in progress(paths.items(), desc="cropping ROIs", unit="image",
-                                       disable=len(paths) < 20)])
+  if args.rois:
+    per_image, names, template = prepare.read_centres(args.rois)
+    if per_image is not None and len(paths) == 1 and next(iter(paths)) not in per_image and len(per_image) == 1:
+      per_image = {next(iter(paths)): next(iter(per_image.values()))}  # one image, one row set: pair them
+    rois = np.stack([images.rois_from_file(path, _centres_for(i, per_image, list(names), template,
+                                                              model.roi_names, args.rois),
+                                           coords=args.coords, roi_names=model.roi_names)
+                     for i, path in progress(paths.items(), desc="cropping ROIs", unit="image",
+                                         disable=len(paths) < 20)])
+    found = {}
+  else:
+    rois, found = _located(paths, model.roi_names, args.preview, args.hand)
   out = predictor.stage_images(model, rois, args.rule)
   classes = model.classes
   if model.synthetic:

@@ -1,14 +1,17 @@
 """Reading hand X-rays and cutting ROI crops out of them.
 
 Images (PNG, JPEG, 8- or 16-bit; DICOM when pydicom is installed) are read as
-grayscale, scaled to 8 bits, and resized to 512x512 (the paper's size; the
-aspect ratio is not kept, so ROI centres given in original pixels are scaled
-by 512/width and 512/height).  A 64x64 crop is cut around each centre;
-parts of the crop outside the image are zero (black), as in an X-ray's
-background.
+grayscale, scaled to 8 bits, and brought to 512x512 (the paper's size) with
+the aspect ratio kept: the long side is scaled to 512 and the short side is
+padded equally on both sides with zeros (black, as an X-ray's background), so
+a 1600x2080 radiograph is not squashed.  ROI centres given in original pixels
+map to (x + 0.5) * s - 0.5 + pad_x with s = 512 / max(width, height) (see
+`SquareFit`).  A 64x64 crop is cut around each centre; parts of the crop
+outside the image are zero as well.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Sequence
@@ -20,6 +23,7 @@ from maml_jax.smi.errors import SMIDataError
 from maml_jax.smi.shards import ROI_SIZE
 
 IMAGE_SIZE = 512
+MIN_SIZE = 128  # smaller images cannot give 64x64 crops at the 512 scale
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
@@ -54,8 +58,9 @@ def _read_dicom(path: str) -> np.ndarray:
   return _to_uint8(a)
 
 
-def read_gray(path: str) -> np.ndarray:
-  """uint8 [H, W] grayscale image; SMIDataError naming `path` if unreadable."""
+def read_gray(path: str, min_size: int = 1) -> np.ndarray:
+  """uint8 [H, W] grayscale image; SMIDataError naming `path` if unreadable or
+  smaller than `min_size` pixels on its short side."""
   if not os.path.isfile(path):
     raise SMIDataError(f"{path}: no such image file")
   if path.lower().endswith(DICOM_EXTENSIONS):
@@ -78,14 +83,48 @@ def read_gray(path: str) -> np.ndarray:
       raise SMIDataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
   if a.ndim != 2 or min(a.shape) < 1:
     raise SMIDataError(f"{path}: expected a 2-D grayscale image, got shape {list(a.shape)}")
+  if min(a.shape) < min_size:
+    raise SMIDataError(f"{path}: the image is {a.shape[1]}x{a.shape[0]} pixels, smaller than {min_size} px "
+                       "on its short side (too small to find a hand or cut 64x64 joint crops at the 512 scale)")
   return a
 
 
+@dataclasses.dataclass(frozen=True)
+class SquareFit:
+  """How an H x W image sits in the size x size square: scaled by `scale`, then
+  shifted by (`pad_x`, `pad_y`) pixels."""
+  scale: float
+  pad_x: int
+  pad_y: int
+
+  def to_square(self, xy: np.ndarray) -> np.ndarray:
+    """float [..., 2] (x, y) original pixels -> square pixels (pixel centres map to pixel centres)."""
+    return (np.asarray(xy, np.float64) + 0.5) * self.scale - 0.5 + np.array([self.pad_x, self.pad_y])
+
+  def to_original(self, xy: np.ndarray) -> np.ndarray:
+    """The inverse of `to_square`."""
+    return (np.asarray(xy, np.float64) + 0.5 - np.array([self.pad_x, self.pad_y])) / self.scale - 0.5
+
+
+def square_fit(shape: tuple[int, int], size: int = IMAGE_SIZE) -> SquareFit:
+  """The aspect-keeping fit of an image of `shape` (H, W) into size x size."""
+  h, w = shape
+  scale = size / max(h, w)
+  nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+  return SquareFit(scale, (size - nw) // 2, (size - nh) // 2)
+
+
 def resize(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-  """uint8 [size, size], bilinear (aspect ratio not kept)."""
+  """uint8 [size, size]: bilinear, aspect ratio kept, short side zero-padded (see `square_fit`)."""
   if image.shape == (size, size):
     return image
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+  fit = square_fit(image.shape, size)
+  h, w = image.shape
+  nw, nh = max(1, int(round(w * fit.scale))), max(1, int(round(h * fit.scale)))
+  out = np.zeros((size, size), np.uint8)
+  out[fit.pad_y:fit.pad_y + nh, fit.pad_x:fit.pad_x + nw] = np.asarray(
+      Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+  return out
 
 
 def crop_rois(image: np.ndarray, centres: np.ndarray, *, where: str, roi_names: Sequence[str] = (),
@@ -126,7 +165,8 @@ def rois_from_file(path: str, centres: np.ndarray, *, coords: str = "original",
   Args:
     path: the image file.
     centres: float [R, 2] (x, y) centres, in the original image's pixels when
-      `coords == "original"`, or in the 512x512 image's when "resized".
+      `coords == "original"`, or in the 512x512 (aspect-kept, padded) image's
+      when "resized".
   Returns:
     uint8 [R, 64, 64].
   """
@@ -142,9 +182,7 @@ def rois_from_file(path: str, centres: np.ndarray, *, coords: str = "original",
       if np.isfinite(x) and np.isfinite(y) and not (0 <= x < w and 0 <= y < h):
         name = roi_names[r] if r < len(roi_names) else str(r + 1)
         raise SMIDataError(f"{path}: ROI {name} centre (x={x:g}, y={y:g}) is outside the {w}x{h} image")
-    # Pixel centres map as (x + 0.5) * scale - 0.5, the convention of the resize.
-    scale = np.array([IMAGE_SIZE / w, IMAGE_SIZE / h])
-    centres = np.clip((centres + 0.5) * scale - 0.5, 0, IMAGE_SIZE - 1)
+    centres = np.clip(square_fit(image.shape).to_square(centres), 0, IMAGE_SIZE - 1)
   elif coords != "resized":
     raise ValueError(f"coords must be 'original' or 'resized', got {coords!r}")
   return crop_rois(resize(image), centres, where=path, roi_names=roi_names)

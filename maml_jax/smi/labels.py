@@ -5,6 +5,12 @@ names; the merged SMI scheme has C = 5 with names "1".."5" (stage 1 = index 0).
 The paper merges its 11 SMI stages into 5 because some stages have very few
 images: {1,2}->1, {3,4}->2, {5,6}->3, {7,8,9}->4, {10,11}->5, which turns its
 counts 188 145 277 68 10 48 75 2 11 29 12 into 333 345 58 88 41.
+
+Data labelled with bone age only (such as the RSNA Pediatric Bone Age
+radiographs) get *bone-age stages*: ages cut at boundaries, by default the
+data's own quintiles (5 stages of equal size, rounded to whole months).
+Bone-age stages are not the paper's SMI stages, and every record of such a
+scheme says so.
 """
 from __future__ import annotations
 
@@ -85,3 +91,30 @@ def stages_from_age(age_months: np.ndarray, boundaries: Sequence[float]) -> np.n
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
   """int64 [num_classes]: how many labels fall in each class index."""
   return np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
+
+
+def quantile_boundaries(age_months: np.ndarray, num_stages: int = 5) -> list[float]:
+  """Ages (whole months) that cut `age_months` into `num_stages` groups of about equal size.
+
+  Args:
+    age_months: float [n], no NaN.
+  Returns:
+    num_stages - 1 increasing boundaries (stage k+1 begins at boundary k).
+  """
+  a = np.asarray(age_months, np.float64)
+  q = np.round(np.quantile(a, np.arange(1, num_stages) / num_stages))
+  if len(np.unique(q)) != len(q):
+    raise SMIDataError(f"the ages cannot be cut into {num_stages} stages of about equal size "
+                       f"(boundaries {q.tolist()} repeat); give --age-boundaries")
+  return [float(b) for b in q]
+
+
+def bone_age_scheme(boundaries: Sequence[float], how: str) -> dict:
+  """The manifest record of a bone-age stage scheme (stage k = ages in its range)."""
+  b = [float(x) for x in boundaries]
+  edges = [0.0] + b + [float("inf")]
+  ranges = [f"{lo:g}-{hi:g} months" if np.isfinite(hi) else f">= {lo:g} months"
+            for lo, hi in zip(edges[:-1], edges[1:])]
+  return {"name": "bone-age stages", "kind": "bone_age_stages", "source": "age",
+          "how": how, "age_boundaries_months": b, "stage_ranges": ranges,
+          "note": "stages cut from bone age, NOT the paper's skeletal-maturity (SMI) stages"}

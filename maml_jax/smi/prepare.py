@@ -3,8 +3,10 @@
 Inputs (all CSVs have a header row; extra columns are ignored):
 
 - labels CSV: `image_id` plus either `stage` (1..11 with the paper's merge, or
-  already 1..5, or any stages with a user mapping) or `age_months` with stage
-  boundaries.  Optional columns `patient_id`, `sex` (F/M), `age_months`.
+  already 1..5, or any stages with a user mapping) or an age column
+  (`age_months` or `boneage_months`), which gives bone-age stages: at given
+  boundaries, or, when there is no stage column, at the data's quintiles.
+  Optional columns `patient_id` (else `rsna_id`), `sex` (F/M).
   `image_id` is the image's file name without extension.
 - ROI centres, one of
   * long CSV  `image_id, roi, x, y`  (one row per image and ROI),
@@ -13,7 +15,8 @@ Inputs (all CSVs have a header row; extra columns are ignored):
     for registered images.
   x is the column and y the row, in pixels of the original image (or of the
   512x512 resized image with `coords="resized"`).  ROIs are named as in the
-  CSV (a number n becomes "roi<n>"), in order of first appearance.
+  CSV (a number n becomes "roi<n>"), in order of first appearance; an
+  optional `name` column (long or template form) names them instead.
 
 Everything is read and checked before anything is written, so bad input
 leaves no output behind.
@@ -30,7 +33,9 @@ import numpy as np
 
 from maml_jax.data.progress import progress as progress_bar
 from maml_jax.smi import images as imio
+from maml_jax import io as files
 from maml_jax.smi import labels as lab
+from maml_jax.smi import localize as loc
 from maml_jax.smi.errors import SMIDataError
 from maml_jax.smi.shards import SMIData
 
@@ -83,8 +88,13 @@ class LabelTable:
   age_months: Optional[np.ndarray]
 
 
+AGE_COLUMNS = ("age_months", "boneage_months")
+PATIENT_COLUMNS = ("patient_id", "rsna_id")
+
+
 def read_labels(path: str, *, stages: str = "11", mapping: Optional[str] = None,
-                age_boundaries: Optional[Sequence[float]] = None, column: str = "stage") -> LabelTable:
+                age_boundaries: Optional[Sequence[float]] = None, column: str = "stage",
+                age_stages: int = 5) -> LabelTable:
   """Reads a labels CSV and applies the label scheme.
 
   Args:
@@ -92,8 +102,9 @@ def read_labels(path: str, *, stages: str = "11", mapping: Optional[str] = None,
       ignored when `mapping` or `age_boundaries` is given.
     mapping: a user mapping such as "1,2:1;3,4:2;..." (see labels.parse_mapping).
     age_boundaries: ages in months where stage 2, 3, ... begin; labels then come
-      from the `age_months` column.
-    column: the stage column's name.
+      from the age column (`age_months`, else `boneage_months`).
+    column: the stage column's name.  When it is absent and an age column is
+      present, labels are `age_stages` bone-age stages at the ages' quantiles.
   """
   rows = read_csv(path)
   cols = set(rows[0])
@@ -104,19 +115,29 @@ def read_labels(path: str, *, stages: str = "11", mapping: Optional[str] = None,
   if dup:
     raise SMIDataError(f"{path}: image_id {dup[0]!r} appears more than once")
   age = None
-  if "age_months" in cols:
-    age = np.array([_number(r["age_months"], path=path, row=i, column="age_months") if r["age_months"] else np.nan
+  age_col = next((c for c in AGE_COLUMNS if c in cols), None)
+  if age_col:
+    age = np.array([_number(r[age_col], path=path, row=i, column=age_col) if r[age_col] else np.nan
                     for i, r in enumerate(rows)], np.float32)
+  column = column.lower()
+  if age_boundaries is None and column not in cols and not mapping and age is not None:
+    if np.isnan(age).any():
+      raise SMIDataError(f"{path}: row {int(np.flatnonzero(np.isnan(age))[0]) + 2} has no '{age_col}' value "
+                         "(bone-age stages need an age on every row)")
+    age_boundaries = lab.quantile_boundaries(age, age_stages)
+    how = f"the labelled ages' {age_stages}-quantiles, rounded to whole months"
+  else:
+    how = "boundaries given with --age-boundaries"
   if age_boundaries is not None:
     if age is None or np.isnan(age).any():
-      raise SMIDataError(f"{path}: labels from ages need an 'age_months' value on every row")
+      raise SMIDataError(f"{path}: labels from ages need an age ('age_months' or 'boneage_months') on every row")
     merged = lab.stages_from_age(age, age_boundaries)
-    scheme = {"source": "age", "age_boundaries_months": [float(b) for b in age_boundaries]}
+    scheme = lab.bone_age_scheme(age_boundaries, how)
     num = len(age_boundaries) + 1
   else:
-    column = column.lower()
     if column not in cols:
-      raise SMIDataError(f"{path}: the labels CSV needs a '{column}' column (has {sorted(cols)})")
+      raise SMIDataError(f"{path}: the labels CSV needs a '{column}' column, or an age column "
+                         f"({' or '.join(AGE_COLUMNS)}) for bone-age stages (has {sorted(cols)})")
     raw = []
     for i, r in enumerate(rows):
       v = _number(r[column], path=path, row=i, column=column)
@@ -143,7 +164,8 @@ def read_labels(path: str, *, stages: str = "11", mapping: Optional[str] = None,
     bad = [s for s in sex.tolist() if s not in ("F", "M", "")]
     if bad:
       raise SMIDataError(f"{path}: sex must be F or M (or empty), got {bad[0]!r}")
-  pid = np.array([r["patient_id"] for r in rows]) if "patient_id" in cols else None
+  pid_col = next((c for c in PATIENT_COLUMNS if c in cols), None)
+  pid = np.array([r[pid_col] for r in rows]) if pid_col else None
   return LabelTable(ids, (merged - 1).astype(np.int32), classes, scheme, pid, sex, age)
 
 
@@ -158,6 +180,13 @@ def read_centres(path: str) -> tuple[Optional[dict[str, np.ndarray]], tuple[str,
   rows = read_csv(path)
   cols = list(rows[0])
   if {"roi", "x", "y"} <= set(cols):
+    if "name" in cols:  # a `name` column names the ROIs (one name per roi)
+      named: dict[str, str] = {}
+      for i, r in enumerate(rows):
+        if r["name"] and named.setdefault(r["roi"], r["name"]) != r["name"]:
+          raise SMIDataError(f"{path}: row {i + 2}: roi {r['roi']!r} is named both {named[r['roi']]!r} "
+                             f"and {r['name']!r}")
+      rows = [{**r, "roi": named.get(r["roi"]) or r["roi"]} for r in rows]
     names: list[str] = []
     for r in rows:
       if _roi_name(r["roi"]) not in names:
@@ -194,37 +223,120 @@ def read_centres(path: str) -> tuple[Optional[dict[str, np.ndarray]], tuple[str,
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSummary:
+  """What `build` did.  `found` rows: (image_id, roi, x, y, x512, y512, note) for every
+  located ROI; `excluded` rows: (image_id, file, roi, reason)."""
   num_images: int
   counts: list[int]
   classes: tuple[str, ...]
   skipped_unlabelled: list[str]
+  excluded: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+  found: list[tuple] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def build(images_dir: str, labels_csv: str, rois_csv: str, *, coords: str = "original",
+ROI_MODES = ("auto", "whole")
+
+
+def _cut(path: str, rois: str, centres, coords: str, roi_names,
+         hand: str = "auto") -> tuple[np.ndarray, Optional[object]]:
+  """uint8 [R, 64, 64] crops of one image, and the localisation result (None for a ROI file)."""
+  if rois == "whole":
+    image = imio.read_gray(path, min_size=imio.MIN_SIZE)
+    crop, found = loc.whole_hand(image, where=path, hand=hand)
+    return crop[None], found
+  if rois == "auto":
+    image = imio.read_gray(path, min_size=imio.MIN_SIZE)
+    found = loc.locate(image, where=path, hand=hand)
+    fit = imio.square_fit(image.shape)
+    return imio.crop_rois(imio.resize(image), fit.to_square(found.centres), where=path,
+                          roi_names=found.roi_names), found
+  return imio.rois_from_file(path, centres, coords=coords, roi_names=roi_names), None
+
+
+def build(images_dir: str, labels_csv: str, rois: str = "auto", *, coords: str = "original",
           stages: str = "11", mapping: Optional[str] = None, age_boundaries: Optional[Sequence[float]] = None,
-          label_column: str = "stage", progress: bool = True) -> tuple[SMIData, PrepareSummary]:
-  """Reads everything and returns the data set (nothing is written)."""
+          label_column: str = "stage", on_failure: str = "error", progress: bool = True,
+          age_stages: int = 5, hand: str = "auto") -> tuple[SMIData, PrepareSummary]:
+  """Reads everything and returns the data set (nothing is written).
+
+  Args:
+    rois: "auto" (find the six joints in each image, `localize.JOINT_ROIS`),
+      "whole" (one normalised whole-hand view) or a ROI-centre CSV (which wins
+      over any localisation).
+    hand: "auto", "left" or "right" (see `localize.locate`).
+    on_failure: "error" stops at the first image that cannot be read or whose
+      hand or joints cannot be found; "skip" leaves such images out and lists
+      them in the summary's `excluded`.
+  """
+  if on_failure not in ("error", "skip"):
+    raise SMIDataError(f"--on-failure must be 'error' or 'skip', got {on_failure!r}")
   paths = imio.list_images(images_dir)
   table = read_labels(labels_csv, stages=stages, mapping=mapping, age_boundaries=age_boundaries,
-                      column=label_column)
-  per_image, roi_names, template = read_centres(rois_csv)
+                      column=label_column, age_stages=age_stages)
+  per_image, template = None, None
+  if rois in ROI_MODES:
+    roi_names = loc.JOINT_ROIS if rois == "auto" else loc.WHOLE_ROIS
+  else:
+    per_image, roi_names, template = read_centres(rois)
+  excluded: list[tuple[str, str, str, str]] = []
   missing = [i for i in table.image_id if i not in paths]
-  if missing:
+  if missing and on_failure == "error":
     raise SMIDataError(f"{labels_csv}: image {missing[0]!r} has a label but no image file in {images_dir} "
-                       f"({len(missing)} such labels)")
+                       f"({len(missing)} such labels; --on-failure skip leaves them out)")
+  excluded += [(i, "", "", f"has a label row in {os.path.basename(labels_csv)} but no image file") for i in missing]
   if per_image is not None:
-    nocentre = [i for i in table.image_id if i not in per_image]
+    nocentre = [i for i in table.image_id if i not in per_image and i in paths]
     if nocentre:
-      raise SMIDataError(f"{rois_csv}: image {nocentre[0]!r} has no ROI centres ({len(nocentre)} such images)")
+      raise SMIDataError(f"{rois}: image {nocentre[0]!r} has no ROI centres ({len(nocentre)} such images)")
   labelled = set(table.image_id)
   skipped = [i for i in paths if i not in labelled]
-  rois = np.zeros((len(table.image_id), len(roi_names), imio.ROI_SIZE, imio.ROI_SIZE), np.uint8)
-  for n, image_id in enumerate(progress_bar(table.image_id, desc="cropping ROIs", unit="image", disable=not progress)):
-    centres = template if per_image is None else per_image[image_id]
-    rois[n] = imio.rois_from_file(paths[image_id], centres, coords=coords, roi_names=roi_names)
-  counts = lab.class_counts(table.label, len(table.classes))
-  data = SMIData(rois=rois, label=table.label, classes=table.classes, roi_names=roi_names, synthetic=False,
-                 age_months=table.age_months, sex=table.sex, image_id=np.array(table.image_id),
-                 patient_id=table.patient_id, source=os.path.abspath(images_dir),
+  keep, crops, found_rows, notes = [], [], [], []
+  todo = [n for n, i in enumerate(table.image_id) if i in paths]
+  for n in progress_bar(todo, desc="locating and cropping ROIs" if rois in ROI_MODES else "cropping ROIs",
+                         unit="image", disable=not progress):
+    image_id = table.image_id[n]
+    centres = None if rois in ROI_MODES else (template if per_image is None else per_image[image_id])
+    try:
+      crop, found = _cut(paths[image_id], rois, centres, coords, roi_names, hand)
+    except SMIDataError as e:
+      if on_failure == "error":
+        raise
+      excluded.append((image_id, paths[image_id], getattr(e, "roi", ""), getattr(e, "reason", str(e))))
+      continue
+    keep.append(n)
+    crops.append(crop)
+    if found is not None:
+      found_rows += found.rows(image_id)
+      if found.note:
+        notes.append(f"{image_id}: {found.note}")
+  if not keep:
+    raise SMIDataError(f"{images_dir}: no image could be used ({len(excluded)} excluded, e.g. "
+                       f"{excluded[0][0] if excluded else '-'}: {excluded[0][3] if excluded else '-'})")
+  rows = np.array(keep)
+  label = table.label[rows]
+  counts = lab.class_counts(label, len(table.classes))
+  pick = lambda a: None if a is None else a[rows]  # noqa: E731
+  data = SMIData(rois=np.stack(crops).astype(np.uint8), label=label, classes=table.classes, roi_names=tuple(roi_names),
+                 synthetic=False, age_months=pick(table.age_months), sex=pick(table.sex),
+                 image_id=np.array(table.image_id)[rows], patient_id=pick(table.patient_id),
+                 source=os.path.abspath(images_dir),
                  label_scheme={"name": f"smi{len(table.classes)}", **table.scheme})
-  return data, PrepareSummary(len(rois), counts.tolist(), table.classes, skipped)
+  return data, PrepareSummary(len(rows), counts.tolist(), table.classes, skipped, excluded, found_rows, notes)
+
+
+def write_side_tables(folder: str, summary: PrepareSummary) -> None:
+  """`rois_found.csv` (image_id, roi, x, y in original pixels, note) when ROIs were located,
+  and `excluded.csv` (image_id, file, roi, reason), written atomically into `folder`."""
+  import io
+  if summary.found:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image_id", "roi", "x", "y", "note"])
+    w.writerows([(i, r, f"{x:.1f}", f"{y:.1f}", n) for i, r, x, y, n in summary.found])
+    files.write_text(os.path.join(folder, "rois_found.csv"), buf.getvalue())
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["image_id", "file", "roi", "reason"])
+  w.writerows(summary.excluded)
+  w.writerows([(i, "", "", "image without a label row") for i in summary.skipped_unlabelled])
+  files.write_text(os.path.join(folder, "excluded.csv"), buf.getvalue())

@@ -1,0 +1,468 @@
+"""Finding the hand and its finger joints in an unregistered hand radiograph.
+
+No learned weights: image analysis finds the hand and its fingertips, and a
+small shape model (numbers in `shape_model.json`, made from expert box
+coordinates only; see `maml_jax/tools/fit_joint_shape.py`) places each joint
+between its fingertip and the palm.
+
+Steps, on a copy scaled to 256 px on the long side:
+  1. hand mask: smoothed image thresholded (Otsu, retried inside the first
+     mask when the background is brighter than usual), largest connected
+     component, holes filled;
+  2. palm centre: the mask point farthest from the mask's edge (the palm is
+     the widest part of a hand), palm radius = that distance;
+  3. the arm: where the mask leaves the image (or, for a hand wholly inside
+     the frame, opposite the fingers);
+  4. fingertips: peaks of the mask's outline distance from the palm centre,
+     in the half-plane away from the arm; five are needed;
+  5. fingers by geometry: the thumb is the end finger with the wider angular
+     gap to its neighbour and the tip nearer the wrist; middle and ring are the third
+     and fourth from it.  A thumb on the image's left, with the fingers up,
+     means a right hand (the image is a mirrored view of a left one);
+  6. each joint at `tip + t * (palm - tip) + u * |palm - tip| * normal`, with
+     (t, u) per joint from the shape model.
+A step that cannot be done confidently raises `LocalizationError` naming the
+image and the reason; nothing is guessed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from maml_jax.smi.errors import SMIDataError
+
+WORK_SIZE = 256
+# The six ROIs, in the paper's order (ROI 2 = middle distal, ROI 4 = middle
+# proximal); see docs/smi-localisation.md for why these joints.
+JOINT_ROIS = ("thumb_ip", "middle_dip", "ring_dip", "middle_pip", "ring_pip", "thumb_mcp")
+FINGER_OF = {"thumb_ip": 0, "thumb_mcp": 0, "middle_dip": 2, "middle_pip": 2, "ring_dip": 3, "ring_pip": 3}
+SHAPE_MODEL_PATH = os.path.join(os.path.dirname(__file__), "shape_model.json")
+
+
+class LocalizationError(SMIDataError):
+  """The hand or a joint could not be found confidently; names the image, ROI and reason."""
+
+  def __init__(self, where: str, roi: str, reason: str):
+    super().__init__(f"{where}: cannot locate {roi}: {reason}")
+    self.where, self.roi, self.reason = where, roi, reason
+
+
+@dataclasses.dataclass(frozen=True)
+class HandGeometry:
+  """What was found, in the ORIGINAL image's pixels (x = column, y = row).
+
+  Attributes:
+    tips: float [5, 2] fingertips, thumb first, then index, middle, ring, little.
+    palm: float [2] palm centre; palm_radius its distance to the mask edge.
+    arm: float [2] unit vector from the palm towards the arm.
+    mirrored: True when the thumb sits where a right hand's would (the image
+      shows a right hand, or a left hand seen mirrored).
+    mask: bool [h, w] hand mask at the working scale; work_scale its scale.
+    doubt: what was assumed rather than seen ("" when nothing).
+    right_score: thumb evidence for a right hand (> THUMB_MARGIN: called right; < -THUMB_MARGIN: left).
+  """
+  tips: np.ndarray
+  palm: np.ndarray
+  palm_radius: float
+  arm: np.ndarray
+  mirrored: bool
+  mask: np.ndarray
+  work_scale: float
+  doubt: str = ""
+  right_score: float = 0.0
+
+  def bbox(self) -> np.ndarray:
+    """float [4] (x0, y0, x1, y1) of the hand mask in original pixels."""
+    ys, xs = np.nonzero(self.mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) / self.work_scale
+
+
+def load_shape_model(path: str = SHAPE_MODEL_PATH) -> dict[str, np.ndarray]:
+  """{roi name: float [2] (t, u)} from the shipped shape model."""
+  with open(path) as f:
+    m = json.load(f)
+  return {k: np.asarray(v, np.float64) for k, v in m["joints"].items()}
+
+
+def _otsu(values: np.ndarray) -> float:
+  hist, edges = np.histogram(values, bins=128)
+  p = hist.astype(np.float64) / max(hist.sum(), 1)
+  mids = (edges[:-1] + edges[1:]) / 2
+  w0 = np.cumsum(p)
+  m0 = np.cumsum(p * mids)
+  mt = m0[-1]
+  w1 = 1 - w0
+  between = np.where((w0 > 0) & (w1 > 0), (mt * w0 - m0) ** 2 / np.maximum(w0 * w1, 1e-12), 0)
+  return float(mids[int(np.argmax(between))])
+
+
+def _otsu3(values: np.ndarray) -> tuple[float, float]:
+  """The two thresholds splitting `values` into three classes (background, soft tissue, bone)
+  with the least within-class variance, on a 64-bin histogram."""
+  hist, edges = np.histogram(values, bins=64)
+  p = hist.astype(np.float64) / max(hist.sum(), 1)
+  mids = (edges[:-1] + edges[1:]) / 2
+  c0, c1 = np.concatenate([[0], np.cumsum(p)]), np.concatenate([[0], np.cumsum(p * mids)])
+  best, arg = -1.0, (1, 2)
+  for i in range(1, 63):
+    for j in range(i + 1, 64):
+      s = 0.0
+      for a, b in ((0, i), (i, j), (j, 64)):
+        w = c0[b] - c0[a]
+        if w > 0:
+          s += (c1[b] - c1[a]) ** 2 / w
+      if s > best:
+        best, arg = s, (i, j)
+  return float(edges[arg[0]]), float(edges[arg[1]])
+
+
+SOLID = 0.86  # mask area / convex hull area above which a region is a film or background, not a hand
+
+
+def _solidity(m: np.ndarray) -> float:
+  """Area of the mask over the area of its convex hull."""
+  from scipy.spatial import ConvexHull, QhullError
+  edge = m & ~ndimage.binary_erosion(m)
+  ys, xs = np.nonzero(edge)
+  if len(xs) < 10:
+    return 1.0
+  try:
+    return float(m.sum() / max(ConvexHull(np.stack([xs, ys], 1)).volume, 1.0))
+  except QhullError:
+    return 1.0
+
+
+def _largest_component(m: np.ndarray) -> np.ndarray:
+  lab, n = ndimage.label(m)
+  if n == 0:
+    return m
+  sizes = ndimage.sum_labels(m, lab, np.arange(1, n + 1))
+  return lab == (1 + int(np.argmax(sizes)))
+
+
+def work_image(image: np.ndarray) -> tuple[np.ndarray, float]:
+  """float [h, w] in 0..1 with the long side WORK_SIZE, and its scale from the original."""
+  h, w = image.shape
+  s = WORK_SIZE / max(h, w)
+  small = np.asarray(Image.fromarray(image).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
+  return ndimage.gaussian_filter(small.astype(np.float32) / 255.0, 1.0), s
+
+
+def hand_mask(g: np.ndarray) -> np.ndarray:
+  """bool [h, w]: the hand (with whatever arm is in view) in the work image `g`."""
+  inside = np.ones(g.shape, bool)
+  for _ in range(3):
+    lo, _ = _otsu3(g[inside])
+    m = _largest_component(ndimage.binary_opening((g > lo) & inside, iterations=2))
+    # A hand with its fingers is far from convex; a bright film, a light box or a lit background
+    # is not.  Then the hand is the bright part inside it: split again within.
+    if m.sum() < 50 or (m.mean() <= 0.6 and _solidity(m) < SOLID):
+      break
+    inside = ndimage.binary_erosion(m, iterations=3)
+    if inside.sum() < 50:
+      break
+  m = ndimage.binary_closing(m, iterations=2)
+  return ndimage.binary_fill_holes(m)
+
+
+def _peaks(prof: np.ndarray, min_height: float, min_drop: float) -> list[int]:
+  """Circular local maxima of `prof` [B] above `min_height` that stand `min_drop` above
+  the lowest point between them and their neighbouring peaks."""
+  b = len(prof)
+  cand = [i for i in range(b) if prof[i] >= min_height and prof[i] >= prof[i - 1] and prof[i] > prof[(i + 1) % b]]
+  changed = True
+  while changed and len(cand) > 1:
+    changed = False
+    for k, i in enumerate(cand):
+      j = cand[(k + 1) % len(cand)]
+      seg = prof[np.arange(i, i + ((j - i) % b) + 1) % b]
+      if min(prof[i], prof[j]) - seg.min() < min_drop:  # no real valley: keep the higher one
+        cand.remove(i if prof[i] < prof[j] else j)
+        changed = True
+        break
+  return cand
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+  return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+@dataclasses.dataclass(frozen=True)
+class HandRegion:
+  """The hand at the working scale: mask bool [h, w], palm centre [2] (x, y), palm radius,
+  arm unit vector [2] from the palm towards the arm, scale from the original, outline
+  profile (max outline distance from the palm per 2-degree bin) and its outline points."""
+  mask: np.ndarray
+  palm: np.ndarray
+  radius: float
+  arm: Optional[np.ndarray]
+  scale: float
+  profile: np.ndarray
+  bin_of: np.ndarray
+  dist: np.ndarray
+  xy: np.ndarray
+
+
+BINS = 180
+OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
+FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
+THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
+MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
+
+
+def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
+  """Finds the hand mask, the palm and (when the arm leaves the frame) the arm's direction.
+
+  Raises:
+    LocalizationError for a blank image or one with no hand-sized bright region.
+  """
+  g, s = work_image(image)
+  if float(np.percentile(g, 99.5) - np.percentile(g, 0.5)) < 0.05:
+    raise LocalizationError(where, "hand", "the image is blank (no contrast)")
+  mask = hand_mask(g)
+  frac = float(mask.mean())
+  if not 0.04 <= frac <= 0.85:
+    raise LocalizationError(where, "hand", f"no hand-sized bright region (the largest covers {100 * frac:.0f}% "
+                            "of the image)")
+  dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+  cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
+  palm, r = np.array([cx, cy], np.float64), float(dist[cy, cx])
+  edge = mask & ~ndimage.binary_erosion(mask)
+  ys, xs = np.nonzero(edge)
+  d = np.hypot(xs - palm[0], ys - palm[1])
+  ang = np.arctan2(ys - palm[1], xs - palm[0])
+  k = ((ang + np.pi) / (2 * np.pi) * BINS).astype(int) % BINS
+  prof = np.zeros(BINS)
+  np.maximum.at(prof, k, d)
+  border = np.zeros_like(mask)
+  # A band, not the edge row: the mask's opening pulls it a few pixels in from the frame.
+  border[:4], border[-4:], border[:, :4], border[:, -4:] = True, True, True, True
+  by, bx = np.nonzero(mask & border)
+  arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 6 else None
+  return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
+
+
+def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[HandRegion] = None) -> HandGeometry:
+  """Finds the hand mask, palm, arm direction, five fingertips and the thumb (see the module doc).
+
+  Args:
+    image: uint8 [H, W] radiograph, any size >= 128 px.
+  Raises:
+    LocalizationError naming `where` when no hand or not five fingertips are found.
+  """
+  reg = hand_region(image, where=where) if region is None else region
+  mask, palm, r, s, prof, k, d = reg.mask, reg.palm, reg.radius, reg.scale, reg.profile, reg.bin_of, reg.dist
+  xs, ys = reg.xy[:, 0], reg.xy[:, 1]
+  bins = BINS
+  peaks = _peaks(prof, 1.5 * r, MIN_DROP * r)
+  pa = np.array([(p + 0.5) / bins * 2 * np.pi - np.pi for p in peaks])
+  if reg.arm is not None:
+    arm = reg.arm
+  else:  # the whole hand is in the frame: the arm is opposite the tallest peaks
+    top = np.argsort(prof[peaks])[-5:] if peaks else []
+    if len(top) == 0:
+      raise LocalizationError(where, "hand", "no fingers stand out of the palm")
+    arm = -_unit(np.array([np.cos(pa[top]).sum(), np.sin(pa[top]).sum()]))
+  up = -arm
+  rel = np.array([np.arctan2(np.sin(a - np.arctan2(up[1], up[0])), np.cos(a - np.arctan2(up[1], up[0])))
+                  for a in pa])
+  fingers = [(float(rr), p) for rr, p in zip(rel, peaks) if abs(rr) < np.radians(FINGER_SPAN)]
+  fingers.sort()
+  if len(fingers) < 5:
+    raise LocalizationError(where, "fingers", f"found {len(fingers)} fingertip(s), need 5 (fingers touching, "
+                            "bent, cut off by the frame, or not a hand)")
+  if len(fingers) > 5:  # several runs of five: the one reaching farthest
+    best = max(range(len(fingers) - 4), key=lambda i: sum(prof[p] for _, p in fingers[i:i + 5]))
+    fingers = fingers[best:best + 5]
+  rel5 = np.array([f[0] for f in fingers])
+  gaps = np.diff(rel5)
+  tips = []
+  for _, p in fingers:
+    sel = k == p
+    i = int(np.argmax(np.where(sel, d, -1)))
+    tips.append([xs[i], ys[i]])
+  tips = np.array(tips, np.float64)
+  # The thumb: the end finger set apart by the wider angular gap and reaching less far up the
+  # hand's axis (its tip sits nearer the wrist).
+  lift = (tips - palm) @ up / r
+  score_first = gaps[0] / gaps.mean() - lift[0] / lift.max()
+  score_last = gaps[-1] / gaps.mean() - lift[-1] / lift.max()
+  # rel grows clockwise on screen (y down): the last finger is on the right of "up", where a left
+  # hand seen from the back (PA, the bone-age standard view) has its thumb.  A right hand is
+  # called only on clear evidence; otherwise the standard left hand is assumed, and said.
+  margin = score_first - score_last
+  mirrored = margin > THUMB_MARGIN
+  doubt = "" if abs(margin) > THUMB_MARGIN else (
+      f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
+      "assumed a left hand")
+  if not mirrored:
+    tips = tips[::-1]
+  return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt,
+                      float(margin))
+
+
+WHOLE_ROIS = ("whole_hand",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """Located ROIs of one image.  centres: float [R, 2] (x, y) in original pixels."""
+  roi_names: tuple[str, ...]
+  centres: np.ndarray
+  geometry: HandGeometry
+  note: str = ""
+
+  def rows(self, image_id: str) -> list[tuple]:
+    """(image_id, roi, x, y, note) per ROI, for the centres CSV."""
+    return [(image_id, n, float(x), float(y), self.note) for n, (x, y) in zip(self.roi_names, self.centres)]
+
+
+def thumb_side(geo: HandGeometry) -> np.ndarray:
+  """float [2] unit vector across the hand towards the thumb."""
+  up = -geo.arm
+  right = np.array([-up[1], up[0]])
+  return -right if geo.mirrored else right
+
+
+def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """(tip [2], axis [2] unit vector down the finger, length tip->palm) of finger 0..4 (thumb..little).
+
+  The axis is the principal direction of the hand mask in a disk of radius
+  0.35 x length centred 0.35 of the way from the tip to the palm, so a finger
+  that does not point at the palm centre (the thumb) keeps its own line.  (The
+  disk's size was chosen among four on the boxed images' held-out figures.)
+  """
+  tip = geo.tips[finger]
+  v = geo.palm - tip
+  length = float(np.linalg.norm(v))
+  s = geo.work_scale
+  c = ((tip + 0.35 * v) + 0.5) * s - 0.5
+  rad = 0.35 * length * s
+  h, w = geo.mask.shape
+  y0, y1 = max(0, int(c[1] - rad)), min(h, int(c[1] + rad) + 1)
+  x0, x1 = max(0, int(c[0] - rad)), min(w, int(c[0] + rad) + 1)
+  ys, xs = np.nonzero(geo.mask[y0:y1, x0:x1])
+  pts = np.stack([xs + x0, ys + y0], 1).astype(np.float64)
+  pts = pts[np.hypot(*(pts - c).T) <= rad]
+  axis = _unit(v)
+  if len(pts) >= 10:
+    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(0)).T))
+    a = evecs[:, -1]
+    if evals[-1] > 2 * evals[0]:  # elongated enough to have a direction
+      axis = a if a @ v > 0 else -a
+  return tip, axis, length
+
+
+def joint_position(geo: HandGeometry, finger: int, tu: np.ndarray) -> np.ndarray:
+  """float [2]: tip + t * (palm - tip) + u * |palm - tip| * normal (normal towards the thumb side)."""
+  tip, axis, length = finger_frame(geo, finger)
+  n = np.array([-axis[1], axis[0]])
+  if float(n @ thumb_side(geo)) < 0:
+    n = -n
+  return tip + length * (tu[0] * axis + tu[1] * n)
+
+
+def joint_coordinates(geo: HandGeometry, finger: int, xy: np.ndarray) -> np.ndarray:
+  """The inverse of `joint_position`: float [2] (t, u) of point `xy` in finger `finger`'s frame."""
+  tip, axis, length = finger_frame(geo, finger)
+  n = np.array([-axis[1], axis[0]])
+  if float(n @ thumb_side(geo)) < 0:
+    n = -n
+  d = (np.asarray(xy, np.float64) - tip) / length
+  return np.array([d @ axis, d @ n])
+
+
+HANDS = ("auto", "left", "right")
+
+
+def check_hand(geo: HandGeometry, hand: str, where: str) -> None:
+  """With hand "left" or "right" (the side every image should show), a hand seen as the other
+  side is a failure: either the side or the thumb was mis-found, and the crops would be wrong."""
+  if hand not in HANDS:
+    raise ValueError(f"hand must be one of {HANDS}, got {hand!r}")
+  seen = "right" if geo.mirrored else "left"
+  if hand != "auto" and seen != hand:
+    raise LocalizationError(where, "thumb", f"the thumb sits where a {seen} hand's would, but every image "
+                            f"should show a {hand} hand (--hand {hand}): thumb or fingers mis-found")
+
+
+def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = None,
+           rois: tuple[str, ...] = JOINT_ROIS, hand: str = "auto") -> Found:
+  """The six joint ROI centres of a hand radiograph (original pixels).
+
+  Args:
+    image: uint8 [H, W].
+    model: {roi: (t, u)}; the shipped shape model when None.
+    hand: "auto" (a right hand is mirrored into a left one, and said), or
+      "left"/"right": the side every image shows (the other side is a failure).
+  Raises:
+    LocalizationError naming `where`, the ROI and the reason.
+  """
+  geo = hand_geometry(image, where=where)
+  check_hand(geo, hand, where)
+  model = load_shape_model() if model is None else model
+  h, w = image.shape
+  centres = np.array([joint_position(geo, FINGER_OF[r], model[r]) for r in rois])
+  # A gross error puts a joint off the hand; the mask may miss faint soft tissue at the hand's edge,
+  # so a joint may sit up to OUTLINE_SLACK palm radii outside it.
+  slack = max(3, int(round(OUTLINE_SLACK * geo.palm_radius * geo.work_scale)))
+  near = ndimage.distance_transform_edt(~geo.mask) <= slack
+  for name, (x, y) in zip(rois, centres):
+    if not (0 <= x < w and 0 <= y < h):
+      raise LocalizationError(where, name, f"the joint would lie outside the image at ({x:.0f}, {y:.0f})")
+    wx, wy = (np.array([x, y]) + 0.5) * geo.work_scale - 0.5
+    if not near[min(int(round(wy)), near.shape[0] - 1), min(int(round(wx)), near.shape[1] - 1)]:
+      raise LocalizationError(where, name, f"the joint would fall outside the hand's outline at ({x:.0f}, {y:.0f}) "
+                              "(a finger or the thumb was mis-found)")
+  note = "right hand (thumb on the left with the fingers up): joints named as on a left hand" if geo.mirrored else ""
+  return Found(tuple(rois), centres, geo, "; ".join(n for n in (note, geo.doubt) if n))
+
+
+def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64,
+               hand: str = "auto") -> tuple[np.ndarray, Found]:
+  """One normalised view of the whole hand: uint8 [size, size].
+
+  The hand is turned so its arm points down (fingers up), a right hand found
+  confidently (five fingertips, thumb told apart) is mirrored into a left one,
+  then the square around the hand mask is scaled to `size` and its grey levels
+  stretched between the hand's 1st and 99th percentiles.  Only a missing hand
+  is a failure; fingertips are not needed.
+  """
+  reg = hand_region(image, where=where)
+  note = ""
+  try:
+    geo = hand_geometry(image, where=where, region=reg)
+    arm, mirrored = geo.arm, geo.mirrored
+    if hand != "auto":  # the side is known: only turn the view, never mirror it
+      mirrored = hand == "right"
+  except LocalizationError as e:
+    arm, mirrored, geo = reg.arm, False, None
+    note = f"fingers not resolved ({e.reason}): not checked for a right hand"
+  small = np.asarray(Image.fromarray(image).resize(reg.mask.shape[::-1], Image.BILINEAR), np.float32)
+  sm, mm = small, reg.mask
+  if arm is not None:
+    # ndimage.rotate turns the picture counter-clockwise on screen by `angle`; the arm should point down.
+    angle = np.degrees(np.arctan2(arm[1], arm[0])) - 90.0
+    sm = ndimage.rotate(small, angle, reshape=True, order=1)
+    mm = ndimage.rotate(reg.mask.astype(np.float32), angle, reshape=True, order=0) > 0.5
+  if mirrored:
+    sm, mm = sm[:, ::-1], mm[:, ::-1]
+    note = "right hand: mirrored into a left one"
+  ys, xs = np.nonzero(mm)
+  x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+  side = int(max(x1 - x0, y1 - y0) * 1.04) + 1
+  big = np.pad(sm, side)
+  xa = int(round((x0 + x1) / 2 - side / 2)) + side
+  ya = int(round((y0 + y1) / 2 - side / 2)) + side
+  view = big[ya:ya + side, xa:xa + side]
+  lo, hi = np.percentile(sm[mm], [1, 99])
+  view = np.clip((view - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+  out = np.asarray(Image.fromarray(view.astype(np.uint8)).resize((size, size), Image.BILINEAR))
+  palm = (reg.palm + 0.5) / reg.scale - 0.5
+  return out, Found(WHOLE_ROIS, palm[None], geo, note)
