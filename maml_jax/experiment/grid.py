@@ -11,6 +11,7 @@ same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -53,7 +54,12 @@ def run(source: TaskSource, columns: Sequence[tuple[str, str]], predictors: dict
           if not store.done((source.name, c[0], c[1], k, r))]
   key_of = cell_key_fn(seed)
   tag = " [SYNTHETIC data]" if source.synthetic else ""
-  bar = tqdm(total=len(todo), desc=f"{source.name} grid{tag}", unit="cell", disable=not progress, dynamic_ncols=True)
+  # A bar on a terminal; in a log (nohup, CI) one line per finished (shots,
+  # repeat) instead of carriage-return updates; nothing with progress off.
+  interactive = progress and sys.stderr.isatty()
+  bar = tqdm(total=len(todo), desc=f"{source.name} grid{tag}", unit="cell", disable=not interactive,
+             dynamic_ncols=True)
+  started, done = time.perf_counter(), 0
   draws: dict[tuple[int, int], Draw] = {}
   for k, r, (method, backbone) in todo:
     if (k, r) not in draws:
@@ -70,5 +76,10 @@ def run(source: TaskSource, columns: Sequence[tuple[str, str]], predictors: dict
               "seconds": round(time.perf_counter() - start, 3)}
     store.add(record)
     bar.update(1)
+    done += 1
+    if progress and not interactive:
+      print(f"{source.name} grid{tag}: {done}/{len(todo)} cells, {method}/{backbone} {k}-shot repeat {r}: "
+            f"accuracy {100 * record['accuracy']:.1f}% ({record['seconds']:.1f} s; "
+            f"{time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
   bar.close()
   return len(todo)

@@ -91,14 +91,14 @@ def score(logits: np.ndarray, labels: np.ndarray) -> TopK:
 
 
 def batched_apply(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32,
-                  desc: str = "classifying") -> np.ndarray:
+                  desc: str = "classifying", progress: bool = True) -> np.ndarray:
   """Stacks fn(x) over `images` (uint8 [N, H, W, C]) fed as float [batch, H, W, C] in [0, 1].
 
   The last batch is zero-padded to full size (one compiled shape) and its
   padding rows dropped from the result.
   """
   out = []
-  for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch"):
+  for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress):
     x = images[i:i + batch].astype(np.float32) / 255.0
     n = len(x)
     if n < batch:
