@@ -99,7 +99,9 @@ def describe_smi(data, where: str) -> str:
   """One line for reports: what was analysed (shards or demo data), its images, ROIs and classes."""
   counts = ", ".join(f"{c}: {n}" for c, n in zip(data.classes, data.counts().tolist()))
   ls = data.label_scheme
-  scheme = ls.get("description") or ls.get("mapping") or ls.get("kind") or ls.get("name") or ""
+  scheme = ls.get("description") or ls.get("mapping") or ls.get("name") or ls.get("kind") or ""
+  if ls.get("stage_ranges"):
+    scheme += f" ({', '.join(ls['stage_ranges'])})"
   kind = "SYNTHETIC demo data" if data.synthetic else f"SMI shards {where}"
   return (f"{kind}: {data.num_images} images x {len(data.roi_names)} ROIs ({', '.join(data.roi_names)}); "
           f"classes{f' = {scheme}' if scheme else ''}, images per class {counts}")
