@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       "adapt", help="adapt a meta-trained model to few examples (SMI stages, or unseen classes) and score it",
       formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
-  python run.py adapt --workdir runs/paper --shots 20                 # SYNTHETIC demo data
+  python run.py adapt --workdir runs/default                          # SYNTHETIC demo data, 5 shots
   python run.py adapt --workdir runs/paper --data smi_shards/ --shots 20 --save smi_model/
   python run.py adapt --workdir runs/omniglot --dataset omniglot --shots 1
 """)
@@ -166,7 +166,8 @@ def _episodes(args, learner) -> int:
 
   from tqdm import tqdm
   accs = []
-  for i in tqdm(range(-(-episodes // batch)), desc=f"{args.dataset} episodes", unit="batch"):
+  for i in tqdm(range(-(-episodes // batch)), desc=f"{args.dataset} episodes", unit="batch",
+                disable=args.no_progress):
     accs.extend(np.asarray(accuracies(learner.meta_params, sampler(i))).tolist())
   accs = accs[:episodes]
   stat = clinical_metrics.mean_ci(accs)
