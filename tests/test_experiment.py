@@ -185,10 +185,13 @@ def test_table_writer_by_hand():
                       "NCM (cosine) scratch |")
   assert lines[1] == "| ---: | --- | --- | --- | --- | --- |"
   # mean 60.0, sd 10.0, n 3: t(0.975, 2) = 4.3027 -> half-width 24.8
-  assert lines[2] == ("| 5 | 60.0 ± 24.8 (paper 51.9) | – (paper 27.3) | – (paper 73.3) | – (paper 53.3) | "
-                      "30.0 ± 24.8 |")
-  assert lines[3] == "| 20 | – (paper 69.3) | – (paper 35.9) | – (paper 81.9) | 81.2 (paper 80.0) | – |"
-  assert len(lines) == 4
+  assert lines[2] == "| 5 | 60.0 ± 24.8 | – | – | – | 30.0 ± 24.8 |"
+  assert lines[3] == "| 20 | – | – | – | 81.2 | – |"
+  # The paper's numbers (other networks, other data) sit in rows of their own, never inside our cells.
+  assert lines[4] == "| paper, 5 | *51.9* | *27.3* | *73.3* | *53.3* |  |"
+  assert lines[5] == "| paper, 20 | *69.3* | *35.9* | *81.9* | *80.0* |  |"
+  assert len(lines) == 6
+  assert "VGG16" in tables.paper_note("smi") and "not the same networks" in tables.paper_note("smi")
 
 
 def test_roi_table_and_vote_scores_by_hand():
@@ -197,10 +200,12 @@ def test_roi_table_and_vote_scores_by_hand():
   s = grid.score(probs, np.array([0, 1]), rois=3)
   assert s["accuracy"] == 1.0 and s["roi_accuracy"] == [0.5, 1.0, 0.5]
   recs = [{"dataset": "smi", "method": "meta", "backbone": "scratch", "shots": 5, "repeat": 0, **s}]
-  lines = tables.roi_table(tables.summarise(recs, "smi"), ("a", "b", "c"), 5).splitlines()
-  assert lines[0] == "| ROI | paper | Meta scratch |"
-  assert lines[2] == "| ROI1 (a) | 63.0 | 50.0 |"
-  assert lines[3] == "| ROI2 (b) | 45.9 | 100.0 |"
+  lines = tables.roi_table(tables.summarise(recs, "smi"), ("ring_dip", "middle_pip", "roi3"), 5).splitlines()
+  assert lines[0] == "| ROI | paper (same joint) | Meta scratch |"
+  # Paired by joint, not by position: the paper names ROI 4 (middle finger proximal) and ROI 2 only.
+  assert lines[2] == "| ring_dip | – | 50.0 |"
+  assert lines[3] == "| middle_pip | 69.9 (paper ROI 4 (middle finger proximal joint)) | 100.0 |"
+  assert lines[4] == "| roi3 | 50.0 (paper ROI 3) | 50.0 |"
   assert lines[5] == "| 3-ROI vote | – | 100.0 |"
 
 

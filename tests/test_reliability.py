@@ -160,7 +160,7 @@ def test_truncated_omniglot_cache_is_rebuilt(tmp_path, capsys):
 
 
 def test_atomic_dir_follows_the_umask_and_removes_stale_temporaries(tmp_path):
-  from maml_jax.smi import files
+  from maml_jax import io as files
   stale = tmp_path / ".out.999999999.abc.tmp"   # a process id that cannot be alive
   stale.mkdir()
   old = os.umask(0o022)

@@ -4,7 +4,10 @@
 (5 as in the paper), each drawing K support and 15 query images per stage
 (disjoint, also by patient), adapting on the support images' ROI crops,
 classifying every ROI of every query image and combining them by majority
-vote, probability averaging and support-weighted vote.  Writes report.md,
+vote, probability averaging and support-weighted vote.  On the same trials it
+also scores the baselines a reader needs to judge the number: the same
+initialisation fine-tuned like base learning, base learning (the network from
+random initialisation) and nearest class mean, beside chance.  Writes report.md,
 metrics.json, confusion.png and roi_accuracy.png.  Without --data it runs on
 the SYNTHETIC demo data and says so.
 
@@ -25,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       "adapt", help="adapt a meta-trained model to few examples (SMI stages, or unseen classes) and score it",
       formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
-  python run.py adapt --workdir runs/paper --shots 20                 # SYNTHETIC demo data
+  python run.py adapt --workdir runs/default                          # SYNTHETIC demo data, 5 shots
   python run.py adapt --workdir runs/paper --data smi_shards/ --shots 20 --save smi_model/
   python run.py adapt --workdir runs/omniglot --dataset omniglot --shots 1
 """)
@@ -47,6 +50,10 @@ examples:
                  help="inner SGD steps (default: the configuration's eval_inner_steps)")
   p.add_argument("--per-roi-learners", action="store_true",
                  help="smi: adapt one learner per ROI instead of one over all ROIs")
+  p.add_argument("--no-baselines", action="store_true",
+                 help="smi: skip the baselines scored beside the meta-learned result (fine-tuning, base "
+                      "learning, nearest class mean)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--no-weighted", action="store_true",
                  help="smi: skip the weighted vote (saves its two cross-validation adaptations per trial)")
   p.add_argument("--out", metavar="DIR", help="report folder (default: W/adapt-<dataset>-<K>shot, with -synthetic for the demo data)")
@@ -65,23 +72,32 @@ def _smi(args, learner) -> int:
   trials = 5 if args.trials is None else args.trials
   if args.data:
     data = shards.load_shards(args.data)
+    where = f"shards {args.data}"
   else:
+    where = "the SYNTHETIC demo data"
     print("=" * 78 + "\nNo --data given: using the SYNTHETIC demo data (generated drawings, not X-rays).\n"
           "Results say nothing about clinical accuracy.  Pass --data DIR (from prepare-smi) for real data.\n"
           + "=" * 78, file=sys.stderr)
     data = synthetic.load_demo(args.demo_seed)
   if data.synthetic and args.data:
     print(f"note: {args.data} holds SYNTHETIC data (its manifest says so)", file=sys.stderr)
-  print(shards.describe(data))
+  from maml_jax.experiment.sources import describe_smi
+  print(describe_smi(data, args.data or ""))
   weighted = not args.no_weighted
+  progress = not args.no_progress
   start = time.time()
   res = experiment.run_trials(data, learner, shots=shots, queries=args.queries, trials=trials, seed=args.seed,
-                              per_roi=args.per_roi_learners, weight_folds=weighted, keep_first=bool(args.save))
+                              per_roi=args.per_roi_learners, weight_folds=weighted, keep_first=bool(args.save),
+                              progress=progress, where=where)
   metrics = experiment.summarise(res, data.classes, data.roi_names, weight_folds=weighted)
+  if not args.no_baselines:
+    metrics["comparison"] = experiment.compare(data, learner, shots=shots, queries=args.queries, trials=trials,
+                                               seed=args.seed, progress=progress, where=where)
   cfg = learner.config
   metrics = {
       "synthetic": data.synthetic,
-      "data": {"source": data.source, "num_images": data.num_images, "roi_names": list(data.roi_names),
+      "data": {"shards": os.path.abspath(args.data) if args.data else None, "source": data.source,
+               "num_images": data.num_images, "roi_names": list(data.roi_names),
                "classes": list(data.classes), "counts": data.counts().tolist(),
                "label_scheme": data.label_scheme},
       "model": {"workdir": os.path.abspath(args.workdir), "network": cfg.model, "image_size": cfg.image_size,
@@ -131,7 +147,8 @@ def _episodes(args, learner) -> int:
   try:
     accs = evaluate.evaluate_params(learner.model, cfg, learner.meta_params, test, episodes=episodes,
                                     seed=args.seed, steps=learner.steps, shots=shots, queries=args.queries,
-                                    desc=f"{args.dataset} episodes").tolist()
+                                    desc=f"{args.dataset} episodes",
+                                    progress=not args.no_progress).tolist()
   except ValueError as e:   # the sampler: too few classes or images per class for these episodes
     raise UserError(f"{args.dataset} test split: {e}") from None
   stat = evaluate.summary(accs)

@@ -2,13 +2,18 @@
 simple baselines on identical support/query draws, repeated, with 95% intervals.
 
 Table 2: the meta-dataset's unseen test classes, 5-way, K shots, 15 queries per
-class.  Table 3: skeletal maturity from hand X-ray ROIs (6-ROI majority vote;
-the SYNTHETIC demo data unless --smi-data is given).  Table 4: each ROI alone
-(the same cells as Table 3).
+class.  Table 3: skeletal maturity from hand X-ray ROIs (majority vote over an
+image's ROIs, or one whole-hand view; the SYNTHETIC demo data unless --data
+gives SMI shards from prepare-smi).  Table 4: each ROI alone (the same cells as
+Table 3).
 
 Columns (method x backbone): base (the paper's Base Learning), meta (second-order
 MAML), fomaml (first order), anil (inner loop on the output layer only), ncm (nearest
-class mean, cosine), linprobe (logistic regression); "pretrained" = frozen
+class mean, cosine), linprobe (logistic regression), finetune (the meta column's
+initialisation trained on the support set like base learning, same steps),
+metaxr (SMI only, with --xray-meta: a head meta-learned on tasks of X-ray crops
+from a saved share of the patients, finer bone-age bins as classes; every column
+is then scored on the other patients only); "pretrained" = frozen
 pretrained convolutions (EfficientNet-Lite0 ImageNet weights by default, VGG16 with
 --vgg16-weights, or supervised pretraining on the meta-train classes), heads
 meta-learned on their features; "scratch" = the scratch7 network (meta-trained
@@ -56,7 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   python run.py prepare-data --dataset tinyimagenet --manual-dir ~/archives --data-dir ~/tfds
   python run.py experiment --table 2 --data-dir ~/tfds --workdir runs/paper-scratch --out runs/tables
   python run.py experiment --table 3,4 --out runs/tables            # SYNTHETIC SMI demo data
-  python run.py experiment --table 3 --smi-data smi_shards/ --vgg16-weights vgg16-397923af.pth
+  python run.py experiment --table 3 --data smi_shards/ --vgg16-weights vgg16-397923af.pth
+  python run.py experiment --table 3,4 --data smi_shards/ --xray-meta 0.5 --backbones pretrained \\
+      --data-dir ~/tfds --out runs/xray-tables       # + the metaxr column, scored on held-out patients
 """)
   g = p.add_argument_group("grid")
   g.add_argument("--table", type=_ints, default=(2,), metavar="N[,N]",
@@ -66,8 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--repeats", type=int, default=5, help="repeats with fresh draws (default 5, as the paper)")
   g.add_argument("--queries", type=int, default=15, help="query images per class (default 15)")
   g.add_argument("--seed", type=int, default=0, help="draws, initialisations and meta-training (default 0)")
-  g.add_argument("--methods", type=_names(paper.METHODS), default=paper.METHODS, metavar="M,M",
-                 help=f"columns' methods (default {','.join(paper.METHODS)})")
+  g.add_argument("--methods", type=_names(paper.METHODS), default=paper.DEFAULT_METHODS, metavar="M,M",
+                 help=f"columns' methods: {','.join(paper.METHODS)} (default {','.join(paper.DEFAULT_METHODS)}, "
+                      "plus metaxr with --xray-meta)")
   g.add_argument("--backbones", type=_names(paper.BACKBONES), default=paper.BACKBONES, metavar="B,B",
                  help="pretrained,scratch (default both)")
   g.add_argument("--out", default="runs/experiment", help="output folder; results there are resumed "
@@ -108,14 +116,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   d.add_argument("--image-folder", default="", metavar="DIR",
                  help="root/<class>/<images> for the 'folder' dataset (your own images)")
   d.add_argument("--split-seed", type=int, default=0, help="class split seed (default 0, as the paper presets)")
-  d.add_argument("--smi-data", metavar="DIR", help="SMI shard folder from prepare-smi (default: SYNTHETIC demo data)")
+  d.add_argument("--data", dest="smi_data", metavar="DIR",
+                 help="SMI shard folder from prepare-smi, for tables 3 and 4 (default: SYNTHETIC demo data)")
+  d.add_argument("--smi-data", dest="smi_data", help=argparse.SUPPRESS)   # the earlier name of --data
+  d.add_argument("--xray-meta", type=float, default=0.0, metavar="SHARE",
+                 help="tables 3/4: set this share of the SMI patients aside (seeded by --seed, saved in "
+                      "OUT/xray-split.json) to meta-train the metaxr column on X-ray tasks; every column is "
+                      "then scored on the other patients only (default 0: off)")
+  d.add_argument("--xray-bins", type=int, default=10, metavar="N",
+                 help="classes of the X-ray meta-training tasks: N bone-age bins at the quantiles of the "
+                      "meta-training patients' ages (default 10)")
   d.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic SMI demo data (default 0)")
   p.set_defaults(func=main)
   return p
 
 
 def settings_from_args(args):
-  from maml_jax.experiment import meta_runs
+  from maml_jax.experiment import meta_runs, paper
   from maml_jax.experiment.backbones import NetSpec
   from maml_jax.experiment.runner import Settings
   bad = [t for t in args.table if t not in (2, 3, 4)]
@@ -123,6 +140,16 @@ def settings_from_args(args):
     raise ValueError(f"--table {bad[0]}: the paper's tables are 2, 3 and 4")
   if args.repeats < 1 or args.queries < 1:
     raise ValueError("--repeats and --queries must be >= 1")
+  if not 0 <= args.xray_meta < 1:
+    raise ValueError(f"--xray-meta must be a share in [0, 1), got {args.xray_meta}")
+  if args.xray_bins < 2:
+    raise ValueError(f"--xray-bins must be >= 2, got {args.xray_bins}")
+  methods = args.methods
+  if args.xray_meta and methods is paper.DEFAULT_METHODS:
+    methods = methods + ("metaxr",)
+  if "metaxr" in methods and not args.xray_meta:
+    raise ValueError("--methods metaxr needs --xray-meta SHARE (the share of SMI patients set aside to "
+                     "meta-train it)")
   workdirs = {}
   for item in args.meta_workdir + ([f"meta={args.workdir}"] if args.workdir else []):
     method, sep, path = item.partition("=")
@@ -139,7 +166,7 @@ def settings_from_args(args):
     raise ValueError(f"--feature-size must be >= 32 (got {args.feature_size}) and --image-size >= 8 "
                      f"(got {args.image_size})")
   return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
-                  methods=args.methods, backbones=args.backbones, pretrained=pretrained,
+                  methods=methods, xray_meta=args.xray_meta, xray_bins=args.xray_bins, backbones=args.backbones, pretrained=pretrained,
                   vgg16_weights=args.vgg16_weights, feature_size=args.feature_size,
                   spec=NetSpec(args.scratch_model, args.width, args.image_size, 1),
                   dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
@@ -157,9 +184,10 @@ def _user_errors() -> tuple:
   from maml_jax.checkpoints import IncompatibleRunError
   from maml_jax.experiment.meta_runs import LeakError
   from maml_jax.experiment.store import SettingsMismatchError
+  from maml_jax.errors import UserError
   from maml_jax.smi.errors import SMIDataError
   errors = (MetaDatasetError, TinyNotPrepared, TinyImagenetError, IncompatibleRunError, LeakError,
-            SettingsMismatchError, SMIDataError, FileNotFoundError)
+            SettingsMismatchError, SMIDataError, FileNotFoundError, UserError)
   try:
     from maml_jax.data.cifar100 import Cifar100Error, NotPreparedError as CifarNotPrepared
     errors += (Cifar100Error, CifarNotPrepared)
@@ -180,7 +208,7 @@ def main(args) -> int:
   for dataset in datasets:
     if dataset == "smi" and not s.smi_data:
       print("=" * 78 + "\nSMI tables on the SYNTHETIC demo data (generated drawings, not X-rays): the numbers "
-            "say\nnothing about clinical accuracy.  Pass --smi-data DIR for real data.\n" + "=" * 78,
+            "say\nnothing about clinical accuracy.  Pass --data DIR (SMI shards) for real data.\n" + "=" * 78,
             file=sys.stderr)
     try:
       r = runner.execute(s, dataset, command=command)

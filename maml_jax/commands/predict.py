@@ -60,7 +60,8 @@ def _centres_for(image_id, per_image, names, template, model_rois, csv_path):
 def _located(paths: dict, roi_names, preview_dir, hand="auto"):
   """uint8 [k, R, 64, 64] crops cut where `prepare-smi --rois auto|whole` would cut them."""
   import numpy as np
-  from maml_jax.smi import files, prepare, preview
+  from maml_jax import io as files
+  from maml_jax.smi import prepare, preview
   from maml_jax.smi import localize as loc
   from maml_jax.smi.errors import SMIDataError
   mode = "auto" if tuple(roi_names) == loc.JOINT_ROIS else "whole" if tuple(roi_names) == loc.WHOLE_ROIS else None

@@ -146,7 +146,7 @@ def _fingerprint(crops: np.ndarray) -> str:
   return f"{crops.shape}-{h.hexdigest()[:16]}"
 
 
-def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str) -> np.ndarray:
+def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str, progress: bool = True) -> np.ndarray:
   """Features float32 [N, D] of uint8 crops [N, H, W, 1], computed once and cached
   as `<cache_dir>/<backbone>-<tag>.npy` (recomputed when the crops change)."""
   from maml_jax.pretrained.imagenet_check import batched_apply
@@ -157,7 +157,8 @@ def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str) ->
     with open(side) as f:
       if json.load(f) == key:
         return np.load(path)
-  out = batched_apply(backbone.apply, np.asarray(crops), FEATURE_BATCH, desc=f"{backbone.name} features ({tag})")
+  out = batched_apply(backbone.apply, np.asarray(crops), FEATURE_BATCH, desc=f"{backbone.name} features ({tag})",
+                      progress=progress)
   out = out.astype(np.float32)
   if not np.all(np.isfinite(out)):
     raise FloatingPointError(f"{backbone.name} gave non-finite features for {tag}")

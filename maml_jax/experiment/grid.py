@@ -42,13 +42,7 @@ def score(probs: np.ndarray, query_y: np.ndarray, rois: int) -> dict:
   majority vote (the paper's rule) is `accuracy`; also the probability-average
   vote and each ROI alone.
   """
-  m = len(query_y)
-  probs = np.asarray(probs, np.float64).reshape(m, rois, -1)
-  if rois == 1:
-    return {"accuracy": float(np.mean(probs[:, 0].argmax(-1) == query_y))}
-  return {"accuracy": float(np.mean(voting.majority(probs) == query_y)),
-          "average_vote_accuracy": float(np.mean(voting.average(probs) == query_y)),
-          "roi_accuracy": [float(a) for a in (probs.argmax(-1) == query_y[:, None]).mean(0)]}
+  return voting.scores(np.asarray(probs).reshape(len(query_y), rois, -1), query_y)
 
 
 def run(source: TaskSource, columns: Sequence[tuple[str, str]], predictors: dict[tuple[str, str], Predictor],

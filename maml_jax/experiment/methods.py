@@ -12,6 +12,9 @@ Columns:
   base/scratch        the whole scratch network from random init
   meta|fomaml|anil/pretrained   a head meta-learned on frozen features, adapted
   meta|fomaml|anil/scratch      a meta-trained scratch network, adapted
+  metaxr/*            as meta, meta-trained on X-ray tasks (`xray_tasks`)
+  finetune/*          the "meta" column's initialisation trained on the support
+                      set like base learning (same optimiser, same steps)
   ncm/*, linprobe/*   nearest class mean / linear probe on frozen features:
                       the pretrained ones, or a randomly initialised scratch
                       network's ("scratch")
@@ -49,7 +52,7 @@ class Context:
     spec: the scratch network.
     pretrained_features: float32 [len(source.crops), D], the frozen pretrained
       features of every crop (None when no pretrained column runs).
-    learners: (method, backbone) -> `maml_jax.smi.learner.Learner` for the
+    learners: (method, backbone) -> `maml_jax.learner.Learner` for the
       meta-learned columns.
   """
   source: TaskSource
@@ -78,24 +81,52 @@ def _simple(method: str, fs, y, fq, ways: int) -> np.ndarray:
   return _softmax(simple.linear_probe_logits(params, fq))
 
 
+def meta_predictor(learner, ways: int, inputs: Callable, per_roi: int = 0) -> Predictor:
+  """MAML adaptation of `learner` (`maml_jax.learner.adapt_fn`); `inputs(rows)` gives
+  the network input of crop rows.  With per_roi = R, one learner per ROI:
+  crop rows are image-major, so ROI r is every R-th row."""
+  from maml_jax.learner import adapt_fn
+  fn = adapt_fn(learner, ways, bool(per_roi))
+  if not per_roi:
+    return lambda t, key: np.asarray(fn(inputs(t.support), t.support_y, inputs(t.query))[1])
+
+  def by_roi(t, key):
+    r = per_roi
+    split = lambda x: np.swapaxes(np.asarray(x).reshape((-1, r) + np.shape(x)[1:]), 0, 1)   # [R, n, ...]
+    probs = fn(split(inputs(t.support)), split(t.support_y), split(inputs(t.query)))[1]      # [R, m, C]
+    return np.swapaxes(np.asarray(probs), 0, 1).reshape(-1, ways)
+  return by_roi
+
+
+def fine_tune_predictor(learner, ways: int, inputs: Callable) -> Predictor:
+  """The meta-learned initialisation trained on the support set with base
+  learning's full-batch Adam, `base_learning.TRAIN_STEPS` steps (no learned
+  inner rates, no meta-learned step count); queries read with the support
+  set's batch-norm statistics and the first `ways` outputs."""
+  model, params0 = learner.model, learner.meta_params["model"]
+
+  def fine_tune(t, key):
+    sx, y = inputs(t.support), np.asarray(t.support_y, np.int32)
+    fit = bl.train(model, params0, sx, y)
+    p = np.asarray(bl.network_probs(model, fit.params, sx, inputs(t.query)), np.float64)[:, :ways]
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)   # = softmax of the first `ways` logits
+  return fine_tune
+
+
 def predictor(method: str, backbone: str, ctx: Context) -> Predictor:
   """The column's predictor (see the module docstring)."""
   ways = ctx.source.ways
   if method not in paper.METHODS or backbone not in paper.BACKBONES:
     raise ValueError(f"unknown column {method}/{backbone}; methods {paper.METHODS}, backbones {paper.BACKBONES}")
 
-  if method in paper.META_METHODS:
-    from maml_jax.learner import adapt_fn
-    learner = ctx.learners.get((method, backbone))
+  if method in paper.META_METHODS or method == "finetune":
+    learner = ctx.learners.get(("meta" if method == "finetune" else method, backbone))
     if learner is None:
       raise RuntimeError(f"no meta-learned model for {method}/{backbone}")
     learner.check_classes(ways, ctx.source.description)
-    fn = adapt_fn(learner, ways)
-    if backbone == "pretrained":
-      return lambda t, key: np.asarray(fn(ctx.features(t.support), t.support_y, ctx.features(t.query))[1])
-    cfg = learner.config
-    spec = NetSpec(cfg.model, cfg.width, cfg.image_size, cfg.channels)
-    return lambda t, key: np.asarray(fn(ctx.images(t.support, spec), t.support_y, ctx.images(t.query, spec))[1])
+    inputs = ctx.features if backbone == "pretrained" else (
+        lambda rows, c=learner.config: ctx.images(rows, NetSpec(c.model, c.width, c.image_size, c.channels)))
+    return (fine_tune_predictor if method == "finetune" else meta_predictor)(learner, ways, inputs)
 
   if backbone == "pretrained":
     if method == "base":

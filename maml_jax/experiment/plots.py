@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from maml_jax.experiment import paper  # noqa: E402
 from maml_jax import io as files  # noqa: E402
 
-_COLORS = dict(zip(paper.METHODS, ("tab:blue", "tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown")))
+_COLORS = dict(zip(paper.METHODS, ("tab:blue", "tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown",
+                                   "tab:pink", "tab:olive")))
 _STYLE = {"pretrained": ("-", "o"), "scratch": ("--", "s")}
 
 
@@ -34,7 +35,8 @@ def accuracy_vs_shots(summary: dict, dataset: str, title: str, path: str) -> Non
   for m, b in paper.PAPER_COLUMNS:
     pk = [k for k in sorted(ref) if (m, b) in ref[k]]
     ax.plot(pk, [ref[k][(m, b)] for k in pk], color=_COLORS[m], linestyle=":", alpha=0.6,
-            marker="x" if b == "pretrained" else "+", markersize=8, label=f"paper: {paper.column_label(m, b)}")
+            marker="x" if b == "pretrained" else "+", markersize=8,
+            label=f"paper ({paper.PAPER_NETWORKS[b].split(',')[0]}, its data): {paper.column_label(m, b)}")
   ax.set_xticks(sorted({k for _, _, k in acc} | set(ref)))
   ways = 5
   ax.axhline(100.0 / ways, color="gray", linewidth=0.8, linestyle="-.", label="chance")
@@ -57,14 +59,15 @@ def roi_bars(summary: dict, roi_names: Sequence[str], shots: int, title: str, pa
   width = 0.8 / (len(columns) + 1)
   fig, ax = plt.subplots(figsize=(8, 4.5))
   x = np.arange(r)
-  ref = [paper.PAPER_TABLE4[j] if j < len(paper.PAPER_TABLE4) else np.nan for j in range(r)]
-  ax.bar(x, ref, width, color="lightgray", edgecolor="black", label="paper (method unstated)")
+  ref = [(paper.paper_roi(n, j) or (np.nan,))[0] for j, n in enumerate(roi_names)]
+  ax.bar(x, ref, width, color="lightgray", edgecolor="black",
+         label="paper, same joint where it says which (its data, method unstated)")
   for i, (m, b) in enumerate(columns, 1):
     stats = per[(m, b, shots)]
     ci = [s["ci95"] if np.isfinite(s["ci95"]) else 0.0 for s in stats]
     ax.bar(x + i * width, [s["mean"] for s in stats], width, yerr=ci, capsize=2, color=_COLORS[m],
            hatch="//" if b == "scratch" else None, alpha=0.85, label=paper.column_label(m, b))
-  ax.set_xticks(x + 0.4 - width / 2, [f"ROI{j + 1}\n{n}" for j, n in enumerate(roi_names)])
+  ax.set_xticks(x + 0.4 - width / 2, list(roi_names))
   ax.set_ylabel("query accuracy of the ROI alone (%)")
   ax.set_ylim(0, 100)
   ax.set_title(title, fontsize=10)

@@ -19,7 +19,16 @@ SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** The SMI numbers below come from ge
                     "drawings (`maml_jax.smi.synthetic`), not from hand X-rays: they show that the "
                     "pipeline runs and say nothing about clinical accuracy.")
 TITLES = {"metadataset": "Table 2: the meta-dataset's unseen classes (5-way)",
-          "smi": "Table 3: skeletal maturity, 6-ROI majority vote (5 stages)"}
+          "smi": "Table 3: skeletal maturity, {rois} ({ways} classes)"}
+BASELINES = ("base", "ncm", "linprobe", "finetune")   # learn from the support set (finetune: from the meta init)
+
+
+def title(dataset: str, settings: dict) -> str:
+  if dataset != "smi":
+    return TITLES[dataset]
+  names = settings.get("roi_names") or []
+  rois = ("whole hand, one view" if len(names) == 1 else f"{len(names)}-ROI majority vote") if names else "ROI vote"
+  return TITLES["smi"].format(rois=rois, ways=settings.get("ways", 5))
 
 
 def _jsonable(x):
@@ -52,6 +61,35 @@ def _versus(label_a: str, a: dict, label_b: str, b: dict) -> str:
   return f"{label_a} {_fmt(a)} vs {label_b} {_fmt(b)}: {d:+.1f} points{sep}"
 
 
+def _paired(a: dict, b: dict) -> str:
+  """Mean difference a - b over the repeats both have (same draws), with its 95% CI."""
+  from maml_jax.smi.clinical_metrics import mean_ci
+  n = min(len(a["per_repeat"]), len(b["per_repeat"]))
+  if n < 2:
+    return ""
+  d = mean_ci([x - y for x, y in zip(a["per_repeat"][:n], b["per_repeat"][:n])])
+  lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+  verdict = ("ahead" if lo > 0 else "behind" if hi < 0 else "not separated by these repeats")
+  return f"paired difference over the same {n} draws {d['mean']:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}]: {verdict}"
+
+
+def winner_lines(summary: dict) -> list[str]:
+  """Per shot count: the best meta-learned column against the best baseline."""
+  acc = summary["accuracy"]
+  out = []
+  for k in sorted({s for _, _, s in acc}):
+    at = {(m, b): v for (m, b, s), v in acc.items() if s == k}
+    meta = [c for c in at if c[0] in paper.META_METHODS]
+    base = [c for c in at if c[0] in BASELINES]
+    if not meta or not base:
+      continue
+    bm = max(meta, key=lambda c: at[c]["mean"])
+    bb = max(base, key=lambda c: at[c]["mean"])
+    out.append(f"- **{k} shots**: best meta-learned {paper.column_label(*bm)} {_fmt(at[bm])} vs best baseline "
+               f"{paper.column_label(*bb)} {_fmt(at[bb])}; {_paired(at[bm], at[bb])}")
+  return out
+
+
 def comparisons(summary: dict) -> list[str]:
   """Measured statements per shot count: meta vs base per backbone, the best
   simple baseline vs the best of base/meta, and the best column."""
@@ -79,9 +117,13 @@ def comparisons(summary: dict) -> list[str]:
   return out
 
 
-def _settings_lines(entry: dict) -> list[str]:
+def _settings_lines(entry: dict, columns) -> list[str]:
+  """The settings of a data set's cells; the meta-dataset only where a column
+  of these cells learned from it."""
   s, models = entry.get("settings", {}), entry.get("models", {})
-  lines = [f"- {k}: `{v}`" for k, v in s.items()]
+  uses_meta = any(m in paper.META_METHODS + ("finetune",) and m != "metaxr" for m, _ in columns) or \
+      any(b == "pretrained" for _, b in columns) and "supervised" in str(s.get("pretrained_backbone"))
+  lines = [f"- {k}: `{v}`" for k, v in s.items() if k != "meta_dataset" or uses_meta]
   lines += [f"- model of {k}: `{v}`" for k, v in sorted(models.items())]
   return lines
 
@@ -102,20 +144,24 @@ def write(out_dir: str) -> list[str]:
     table = tables.accuracy_table(summary, dataset)
     number = 2 if dataset == "metadataset" else 3
     tag = " [SYNTHETIC data]" if synthetic else ""
+    heading = title(dataset, entry.get("settings", {}))
+    note = tables.paper_note(dataset)
     md_path = os.path.join(out_dir, f"table{number}.md")
-    files.write_text(md_path, f"# {TITLES[dataset]}{tag}\n\n{table}\n")
+    files.write_text(md_path, f"# {heading}{tag}\n\n{table}\n\n{note}\n")
     plot_path = os.path.join(out_dir, f"accuracy_vs_shots_{dataset}.png")
-    plots.accuracy_vs_shots(summary, dataset, TITLES[dataset] + tag, plot_path)
+    plots.accuracy_vs_shots(summary, dataset, heading + tag, plot_path)
     written += [md_path, plot_path]
-    sec = [f"## {TITLES[dataset]}{tag}", ""]
+    sec = [f"## {heading}{tag}", ""]
     if synthetic:
       sec += [SYNTHETIC_BANNER, ""]
-    sec += [f"Data: {entry.get('settings', {}).get('data', '?')}", "",
-            "Accuracy on the query images, % (mean ± 95% CI over repeats; the paper's number in brackets):", "",
-            table, "", f"![accuracy against shots]({os.path.basename(plot_path)})", "",
-            "Measured comparisons:", ""] + comparisons(summary) + [""]
+    sec += [f"Data analysed: {entry.get('settings', {}).get('data', '?')}", "",
+            "Accuracy on the query images, % (mean ± 95% CI over repeats):", "",
+            table, "", note, "", f"![accuracy against shots]({os.path.basename(plot_path)})", "",
+            "Which method wins (meta-learned = MAML adaptation of a meta-learned initialisation; baselines = "
+            "base learning, NCM, linear probe, fine-tuning the meta-learned initialisation):", ""]
+    sec += winner_lines(summary) + ["", "Measured comparisons:", ""] + comparisons(summary) + [""]
     res = {"synthetic": synthetic, "settings": entry, "summary": tables.jsonable_summary(summary)}
-    if dataset == "smi":
+    if dataset == "smi" and summary["roi_accuracy"]:
       roi_names = entry.get("settings", {}).get("roi_names") or [f"roi{j + 1}" for j in range(6)]
       t4 = []
       for k in sorted({s for _, _, s in summary["roi_accuracy"]}):
@@ -128,10 +174,12 @@ def write(out_dir: str) -> list[str]:
       written += [t4_path, roi_plot]
       sec += [f"## Table 4: accuracy of each ROI alone{tag}", "",
               "Each ROI's own prediction (the same adapted models as Table 3; no vote), % of query images. "
-              "The paper does not say which network or shot count its per-ROI numbers belong to.", ""]
+              "The paper does not say which network or shot count its per-ROI numbers belong to; they are "
+              "paired with ours by joint where the paper names it (ROI 2: middle finger distal joint, ROI 4: "
+              "middle finger proximal joint).", ""]
       sec += t4 + [f"![per-ROI accuracy]({os.path.basename(roi_plot)})", ""]
       res["roi_names"] = list(roi_names)
-    sec += ["Settings of these cells:", ""] + _settings_lines(entry) + [""]
+    sec += ["Settings of these cells:", ""] + _settings_lines(entry, [(m, b) for m, b, _ in summary["accuracy"]]) + [""]
     sections += sec
     results["datasets"][dataset] = res
   runs = ["## Runs", ""] + [f"- `{r.get('command')}`: {r.get('dataset')}, {r.get('cells')} new cells, "

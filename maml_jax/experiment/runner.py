@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional
 
 from maml_jax.baselines import base_learning, simple
+from maml_jax.errors import UserError
 from maml_jax.experiment import backbones as bb
 from maml_jax.experiment import feature_meta, grid, meta_runs, paper, report, store
 from maml_jax.experiment.methods import Context, predictor
@@ -62,6 +63,8 @@ class Settings:
   head_steps: Optional[int] = None
   meta_overrides: tuple[tuple[str, Any], ...] = ()
   progress: bool = True
+  xray_meta: float = 0.0          # share of SMI patients set aside to meta-train "metaxr" (0 = none)
+  xray_bins: int = 10             # bone-age bins of the X-ray meta-training tasks
 
   def columns(self) -> list[tuple[str, str]]:
     return paper.column_order([(m, b) for m in self.methods for b in self.backbones])
@@ -78,15 +81,32 @@ def load_meta_splits(s: Settings) -> dict:
   return load_splits(cfg, os.path.join(s.out, "data"))
 
 
-def load_source(s: Settings, dataset: str, meta_splits) -> TaskSource:
+def load_smi(s: Settings):
+  """(the SMI data, the X-ray patient split or None).  With `xray_meta`, the
+  split is saved in (or checked against) `<out>/xray-split.json`."""
+  from maml_jax.experiment import xray_tasks
+  from maml_jax.smi import shards, synthetic
+  data = shards.load_shards(s.smi_data) if s.smi_data else synthetic.load_demo(s.demo_seed)
+  if not s.xray_meta:
+    return data, None
+  split = xray_tasks.split_patients(data, s.xray_meta, s.seed)
+  xray_tasks.save_or_check(s.out, split)
+  return data, split
+
+
+def load_source(s: Settings, dataset: str, meta_splits, smi=None) -> TaskSource:
   if dataset == "metadataset":
     test = meta_splits()["test"]
     desc = (f"{s.dataset} meta-test split ({test.num_classes} classes never used in meta-training, "
             f"{len(test.images)} images at {s.data_size}x{s.data_size} grayscale; split_seed {s.split_seed})")
     return metadataset_source(test, ways=WAYS, queries=s.queries, seed=s.seed, description=desc)
-  from maml_jax.smi import shards, synthetic
-  data = shards.load_shards(s.smi_data) if s.smi_data else synthetic.load_demo(s.demo_seed)
-  return smi_source(data, queries=s.queries, seed=s.seed)
+  import numpy as np
+  data, split = smi if smi is not None else load_smi(s)
+  where = s.smi_data or ""
+  if split is not None:
+    data = data.take(np.asarray(split["scored_rows"]))
+    where = f"{where} (the {len(split['scored_patients'])} patients not used for X-ray meta-training)"
+  return smi_source(data, queries=s.queries, seed=s.seed, where=where)
 
 
 def backbone_name(s: Settings) -> str:
@@ -117,7 +137,7 @@ def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
 CODE_FILES = ("episodes.py", "maml.py", "models", "baselines", "pretrained/efficientnet_lite0.py",
               "pretrained/vgg16_weights.py", "pretrained/supervised.py", "learner.py", "smi/trials.py",
               "smi/voting.py", "experiment/methods.py", "experiment/backbones.py", "experiment/feature_meta.py",
-              "experiment/grid.py", "experiment/sources.py")
+              "experiment/grid.py", "experiment/sources.py", "experiment/xray_tasks.py")
 
 
 def code_fingerprint() -> str:
@@ -140,6 +160,8 @@ def code_fingerprint() -> str:
 def fixed_settings(s: Settings, source: TaskSource) -> dict:
   """What decides every cell's number (checked on resume)."""
   return {"code": code_fingerprint(), "data": source.description, "synthetic": source.synthetic,
+          **({"xray_meta_training": f"{s.xray_meta:g} of the patients (seed {s.seed}), {s.xray_bins} bone-age "
+                                    f"bins; split in xray-split.json"} if s.xray_meta else {}),
           "roi_names": list(source.roi_names),
           "seed": s.seed, "queries_per_class": s.queries, "ways": source.ways,
           "meta_dataset": f"{s.dataset} (split_seed {s.split_seed}, {s.data_size}x{s.data_size} grayscale)",
@@ -152,22 +174,75 @@ def fixed_settings(s: Settings, source: TaskSource) -> dict:
                           f"{simple.LINEAR_PROBE_ITERATIONS} L-BFGS iterations"}
 
 
-def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, test_classes) -> dict:
-  """Learners of the meta-learned columns, and their identities."""
+def _xray_head(s: Settings, smi, backbone, cache: str) -> tuple[Any, Any, str]:
+  """The head meta-learned on X-ray tasks of the meta-training patients'
+  frozen features: (config, meta-parameters, identity)."""
+  import numpy as np
+  from maml_jax.experiment import xray_tasks
+  data, split = smi
+  meta = data.take(np.asarray(split["meta_rows"]))
+  r = len(meta.roi_names)
+  train_rows, val_rows = xray_tasks.meta_sides(meta, np.arange(meta.num_images), s.seed)
+  crops = meta.rois.reshape((-1,) + meta.rois.shape[2:] + (1,))
+  feats = bb.features(backbone, crops, cache, f"smi-xray-meta-{xray_tasks.digest(split)}", progress=s.progress)
+  shots = min(s.shots) * r                    # crops per class in the smallest support set
+  # The most bins (up to --xray-bins) whose every class, on both meta sides,
+  # holds a support set and at least 5 queries (ties in the ages make bins uneven).
+  for bins in range(s.xray_bins, 1, -1):
+    edges = xray_tasks.age_edges(meta, train_rows, bins)
+    tcs = [xray_tasks.task_classes(meta, rows, r, edges) for rows in (train_rows, val_rows)]
+    fewest = int(min(tc.class_count.min() for tc in tcs))
+    if fewest >= shots + 5 and len(tcs[0].names) >= WAYS:
+      break
+  else:
+    raise UserError(f"X-ray meta-training: no split of the {len(train_rows)} meta-training images into {WAYS} or "
+                    f"more bone-age bins leaves {shots} support + 5 query crops in each; raise --xray-meta")
+  sets = [feature_meta.FeatureSet(feats[tc.rows], tc.class_start, tc.class_count) for tc in tcs]
+  queries = min(s.queries, fewest - shots)
+  cfg = feature_meta.head_config("meta", steps=s.head_steps, seed=s.seed, ways=WAYS)
+  cfg = cfg.replace(shots=shots, queries=queries, eval_queries=queries,
+                    **{k: v for k, v in dict(s.meta_overrides).items() if k not in NETWORK_FIELDS}).validate()
+  params, info = feature_meta.load_or_train_head(sets[0], sets[1], cfg, cache, f"metaxr-{backbone.name}",
+                                                 s.progress)
+  ident = (f"head meta-learned on {backbone.name} features of X-ray tasks ({len(sets[0].class_count)} bone-age "
+           f"bins, {WAYS}-way {shots}-crop tasks) from {len(train_rows)} images of meta-training patients, "
+           f"validated on {len(val_rows)} more (split {xray_tasks.digest(split)}): {cfg.steps} steps, best val "
+           f"step {info['best']['step']} (val accuracy {info['best']['val_accuracy']:.3f})")
+  return cfg, params, ident
+
+
+def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, test_classes, smi=None) -> dict:
+  """Learners of the meta-learned columns (and of "finetune", which starts from
+  the "meta" column's initialisation), and their identities."""
   from maml_jax.learner import Learner, load_learner
   identities = {}
   given = dict(s.meta_workdirs)
   overrides = dict(s.meta_overrides)
   cache = os.path.join(s.out, "cache")
+  columns = paper.column_order(list(columns) + [("meta", b) for m, b in columns if m == "finetune"])
   for method, backbone_kind in columns:
     if method not in paper.META_METHODS:
+      continue
+    if method == "metaxr":
+      if smi is None or smi[1] is None:
+        raise UserError("the metaxr column meta-trains on X-ray tasks: it needs SMI data and --xray-meta SHARE "
+                         "(the share of patients set aside for it)")
+      if backbone_kind != "pretrained":
+        raise UserError("metaxr runs on the pre-trained backbone only (--backbones pretrained, or drop "
+                         "metaxr from --methods for the scratch columns)")
+      cfg, params, ident = _xray_head(s, smi, backbone, cache)
+      ctx.learners[(method, "pretrained")] = Learner(cfg, base_learning.FeatureHead(cfg.ways), params,
+                                                     cfg.eval_inner_steps)
+      identities[f"{method}/pretrained"] = ident
       continue
     if backbone_kind == "pretrained":
       splits = meta_splits()
       tag = f"{s.dataset}-split{s.split_seed}-{s.data_size}px"
-      train = feature_meta.FeatureSet.of(bb.features(backbone, splits["train"].images, cache, f"{tag}-train"),
+      train = feature_meta.FeatureSet.of(bb.features(backbone, splits["train"].images, cache, f"{tag}-train",
+                                                      progress=s.progress),
                                          splits["train"])
-      val = feature_meta.FeatureSet.of(bb.features(backbone, splits["val"].images, cache, f"{tag}-val"),
+      val = feature_meta.FeatureSet.of(bb.features(backbone, splits["val"].images, cache, f"{tag}-val",
+                                                      progress=s.progress),
                                        splits["val"])
       cfg = feature_meta.head_config(method, steps=s.head_steps, seed=s.seed, ways=WAYS)
       cfg = cfg.replace(**{k: v for k, v in overrides.items() if k not in NETWORK_FIELDS}).validate()
@@ -222,7 +297,8 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
       cached["splits"] = load_meta_splits(s)
     return cached["splits"]
 
-  source = source or load_source(s, dataset, meta_splits)
+  smi = load_smi(s) if dataset == "smi" and source is None else None
+  source = source or load_source(s, dataset, meta_splits, smi)
   columns = s.columns()
   fixed = fixed_settings(s, source)
   if backbone is not None:
@@ -237,9 +313,10 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
     if any(b == "pretrained" for _, b in todo_columns):
       backbone = backbone or make_backbone(s, meta_splits)
       tag = f"{source.name}-{'synthetic' if source.synthetic else 'data'}"
-      ctx.pretrained_features = bb.features(backbone, source.crops, os.path.join(s.out, "cache"), tag)
+      ctx.pretrained_features = bb.features(backbone, source.crops, os.path.join(s.out, "cache"), tag,
+                                            progress=s.progress)
     test_classes = list(source_test_classes(meta_splits, dataset))
-    identities = _meta_learners(s, todo_columns, ctx, meta_splits, backbone, test_classes)
+    identities = _meta_learners(s, todo_columns, ctx, meta_splits, backbone, test_classes, smi)
     store.check_settings(s.out, dataset, fixed, identities)
     predictors = {c: predictor(c[0], c[1], ctx) for c in todo_columns}
     n = grid.run(source, todo_columns, predictors, st, shots=s.shots, repeats=s.repeats, seed=s.seed,

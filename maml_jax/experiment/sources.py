@@ -96,17 +96,32 @@ def metadataset_source(test: ClassImages, *, ways: int, queries: int, seed: int,
   return TaskSource("metadataset", test.images, 1, ("image",), ways, bool(test.synthetic), description, draw)
 
 
-def smi_source(data, *, queries: int, seed: int) -> TaskSource:
-  """Trials of the SMI data (`maml_jax.smi.shards.SMIData`): all classes, all ROIs."""
-  from maml_jax.smi import shards, trials
+def describe_smi(data, where: str) -> str:
+  """One line for reports: what was analysed (shards or demo data), its images, ROIs and classes."""
+  counts = ", ".join(f"{c}: {n}" for c, n in zip(data.classes, data.counts().tolist()))
+  ls = data.label_scheme
+  scheme = ls.get("description") or ls.get("mapping") or ls.get("name") or ls.get("kind") or ""
+  if ls.get("stage_ranges"):
+    scheme += f" ({', '.join(ls['stage_ranges'])})"
+  kind = "SYNTHETIC demo data" if data.synthetic else f"SMI shards {where}"
+  return (f"{kind}: {data.num_images} images x {len(data.roi_names)} ROIs ({', '.join(data.roi_names)}); "
+          f"classes{f' = {scheme}' if scheme else ''}, images per class {counts}")
+
+
+def smi_source(data, *, queries: int, seed: int, where: str = "") -> TaskSource:
+  """Trials of the SMI data (`maml_jax.smi.shards.SMIData`): all classes, all ROIs.
+
+  `where` names the data in messages and reports (the shard folder)."""
+  from maml_jax.smi import trials
   n, r = data.rois.shape[:2]
+  where = where or ("the SYNTHETIC demo data" if data.synthetic else data.source or "SMI data")
 
   def draw(shots: int, repeat: int) -> Draw:
     t = trials.draw_trial(data.label, data.num_classes, shots, queries, seed=seed, trial=repeat,
-                          patient_id=data.patient_id, where=data.source or "SMI data", classes=data.classes)
+                          patient_id=data.patient_id, where=where, classes=data.classes)
     return Draw(t.support.astype(np.int64), data.label[t.support].astype(np.int32),
                 t.query.astype(np.int64), data.label[t.query].astype(np.int32))
 
   crops = data.rois.reshape((n * r,) + data.rois.shape[2:] + (1,))
   return TaskSource("smi", crops, r, tuple(data.roi_names), data.num_classes, bool(data.synthetic),
-                    shards.describe(data), draw)
+                    describe_smi(data, where), draw)

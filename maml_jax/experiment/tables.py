@@ -72,10 +72,14 @@ def _shots(summary: dict) -> list[int]:
   return sorted({s for _, _, s in summary["accuracy"]})
 
 
-def accuracy_table(summary: dict, dataset: str, shots: Optional[Sequence[int]] = None) -> str:
+def accuracy_table(summary: dict, dataset: str, shots: Optional[Sequence[int]] = None,
+                   paper_rows: bool = True) -> str:
   """Markdown: the paper's four columns, then one column per further method.
 
-  Rows are shot counts; every cell is 'mean ± 95% CI (paper X)' in percent.
+  Rows are shot counts; every cell is 'mean ± 95% CI' in percent.  The paper's
+  numbers follow in rows of their own ("paper, K shots"): they were measured
+  with the paper's networks on the paper's data (`paper.PAPER_NETWORKS`), so
+  they are not set beside ours as if the columns were the same network.
   """
   refs = paper.PAPER_TABLES[dataset]
   shots = list(shots) if shots is not None else _shots(summary)
@@ -83,26 +87,36 @@ def accuracy_table(summary: dict, dataset: str, shots: Optional[Sequence[int]] =
   lines = [_row(["shots"] + [paper.column_label(m, b) for m, b in columns]),
            _row(["---:"] + ["---"] * len(columns))]
   for k in shots:
-    cells = [str(k)]
-    for m, b in columns:
-      ref = refs.get(k, {}).get((m, b))
-      cells.append(cell(summary["accuracy"].get((m, b, k)), ref))
-    lines.append(_row(cells))
+    lines.append(_row([str(k)] + [cell(summary["accuracy"].get((m, b, k))) for m, b in columns]))
+  for k in shots if paper_rows else ():
+    if k in refs:
+      lines.append(_row([f"paper, {k}"] + [f"*{refs[k][(m, b)]:.1f}*" if (m, b) in refs[k] else ""
+                                           for m, b in columns]))
   return "\n".join(lines)
+
+
+def paper_note(dataset: str) -> str:
+  """What the paper's rows are (for under the table)."""
+  data = "its meta-test classes" if dataset == "metadataset" else "its private hand X-rays (SMI stages)"
+  return (f"*Italic* rows: the paper's numbers, measured with its networks ({paper.PAPER_NETWORKS['pretrained']}; "
+          f"{paper.PAPER_NETWORKS['scratch']}) on {data}; context, not the same networks or data as the "
+          "columns above.")
 
 
 def roi_table(summary: dict, roi_names: Sequence[str], shots: int) -> str:
   """Markdown (Table 4): rows ROI 1..R and the majority vote, columns the methods.
 
   The paper's per-ROI numbers sit in their own column (the paper does not say
-  which network or shot count they belong to).
+  which network or shot count they belong to), paired with ours by joint
+  (`paper.paper_roi`); "–" where the paper does not say which joint its ROI is.
   """
   columns = _columns(summary)
-  lines = [_row(["ROI", "paper"] + [paper.column_label(m, b) for m, b in columns]),
+  lines = [_row(["ROI", "paper (same joint)"] + [paper.column_label(m, b) for m, b in columns]),
            _row(["---", "---:"] + ["---"] * len(columns))]
   for j, name in enumerate(roi_names):
-    ref = f"{paper.PAPER_TABLE4[j]:.1f}" if j < len(paper.PAPER_TABLE4) else MISSING
-    cells = [f"ROI{j + 1} ({name})", ref]
+    pair = paper.paper_roi(name, j)
+    ref = f"{pair[0]:.1f} ({pair[1]})" if pair else MISSING
+    cells = [name, ref]
     for m, b in columns:
       per_roi = summary["roi_accuracy"].get((m, b, shots))
       cells.append(cell(per_roi[j] if per_roi is not None else None))

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from maml_jax.data.progress import progress
+from maml_jax.data.progress import progress as progress_bar
 from maml_jax.errors import UserError
 
 
@@ -80,7 +80,7 @@ def read_val_images(zip_path: str, limit: Optional[int] = None) -> tuple[np.ndar
     if not rows:
       raise CheckDataError(f"{zip_path}: no validation images listed in {ann[0]} are in the zip")
     images = [np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB")) for n, _ in
-              progress(rows, desc="reading", unit="img", leave=False)]
+              progress_bar(rows, desc="reading", unit="img", leave=False)]
   return np.stack(images), [w for _, w in rows]
 
 
@@ -98,14 +98,14 @@ def score(logits: np.ndarray, labels: np.ndarray) -> TopK:
 
 
 def batched_apply(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32,
-                  desc: str = "classifying") -> np.ndarray:
+                  desc: str = "classifying", progress: bool = True) -> np.ndarray:
   """Stacks fn(x) over `images` (uint8 [N, H, W, C]) fed as float [batch, H, W, C] in [0, 1].
 
   The last batch is zero-padded to full size (one compiled shape) and its
   padding rows dropped from the result.
   """
   out = []
-  for i in progress(range(0, len(images), batch), desc=desc, unit="batch"):
+  for i in progress_bar(range(0, len(images), batch), desc=desc, unit="batch", disable=not progress):
     x = images[i:i + batch].astype(np.float32) / 255.0
     n = len(x)
     if n < batch:

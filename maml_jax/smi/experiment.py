@@ -57,55 +57,102 @@ def layout(rois: np.ndarray, config, per_roi: bool):
   return to_model_input(x, config.image_size, config.channels)
 
 
-def _labels(y: np.ndarray, r: int, per_roi: bool):
-  return np.tile(y[None], (r, 1)).astype(np.int32) if per_roi else np.repeat(y, r).astype(np.int32)
-
-
-def classify(fn, learner: Learner, s_rois, s_y, q_rois, per_roi: bool):
-  """Adapts on support crops, returns (params, probs float32 [m, R, C])."""
-  m, r = q_rois.shape[:2]
-  cfg = learner.config
-  params, probs = fn(layout(s_rois, cfg, per_roi), _labels(s_y, r, per_roi), layout(q_rois, cfg, per_roi))
-  probs = np.asarray(probs)
-  probs = np.swapaxes(probs, 0, 1) if per_roi else probs.reshape(m, r, -1)
-  return params, probs
+def _meta_predictor(source, learner: Learner, per_roi: bool):
+  """The grid's "meta" column predictor for `learner` (one learner over all ROIs
+  or one per ROI) on `source`."""
+  from maml_jax.experiment import methods
+  from maml_jax.experiment.backbones import NetSpec
+  c = learner.config
+  spec = NetSpec(c.model, c.width, c.image_size, c.channels)
+  inputs = lambda rows: spec.inputs(source.crops[np.asarray(rows)])
+  return methods.meta_predictor(learner, source.ways, inputs, per_roi=source.rois if per_roi else 0), inputs
 
 
 def run_trials(data: SMIData, learner: Learner, *, shots: int, queries: int = 15, trials: int = 5,
                seed: int = 0, per_roi: bool = False, weight_folds: bool = True,
-               progress: bool = True, keep_first: bool = False) -> TrialResults:
-  """Runs the experiment (see the module docstring)."""
+               progress: bool = True, keep_first: bool = False, where: str = "") -> TrialResults:
+  """Runs the experiment (see the module docstring).
+
+  The draw (`experiment.sources.smi_source`), the predictor
+  (`experiment.methods.meta_predictor`) and the scores (`voting.scores`) are
+  the ones `run.py experiment --table 3,4` uses, so trial t here is repeat t
+  of its "meta" cells.
+  """
+  from maml_jax.experiment import grid, sources
+  from maml_jax.experiment.methods import CropTask
   c, r = data.num_classes, len(data.roi_names)
-  where = data.source or "data"
+  where = where or data.source or "data"
   learner.check_classes(c, where)
   tr.check_class_sizes(data.label, data.classes, shots, queries, where=where)
-  fn = adapt_fn(learner, c, per_roi)
+  source = sources.smi_source(data, queries=queries, seed=seed, where=where)
+  predict, inputs = _meta_predictor(source, learner, per_roi)
   folds = tr.fold_split(shots, c)
   out = dict(probs=[], query_y=[], weights=[], acc=[], s=[], q=[])
   first_params = first_support = None
   for t in progress_bar(range(trials), desc=f"SMI {shots}-shot trials", unit="trial", disable=not progress):
-    draw = tr.draw_trial(data.label, c, shots, queries, seed=seed, trial=t, patient_id=data.patient_id,
-                         where=where, classes=data.classes)
-    s_rois, s_y = data.rois[draw.support], data.label[draw.support]
-    q_rois, q_y = data.rois[draw.query], data.label[draw.query]
-    params, probs = classify(fn, learner, s_rois, s_y, q_rois, per_roi)
+    draw = source.draw(shots, t)
+    probs = predict(grid.crop_task(source, draw), None).reshape(len(draw.query), r, c)
     acc = np.full(r, np.nan)
     weights = np.full(r, 1.0 / r)
     if weight_folds and shots >= 2:
-      correct = np.full((len(s_y), r), np.nan)
+      correct = np.full((len(draw.support), r), np.nan)
       for train, held in folds:
-        _, p = classify(fn, learner, s_rois[train], s_y[train], s_rois[held], per_roi)
-        correct[held] = p.argmax(-1) == s_y[held][:, None]
+        sub = CropTask(source.crop_rows(draw.support[train]), np.repeat(draw.support_y[train], r).astype(np.int32),
+                       source.crop_rows(draw.support[held]))
+        p = predict(sub, None).reshape(len(held), r, c)
+        correct[held] = p.argmax(-1) == draw.support_y[held][:, None]
       acc = np.nanmean(correct, 0)
       weights = voting.support_weights(acc, c)
     if keep_first and t == 0:
+      s_rois, s_y = data.rois[draw.support], data.label[draw.support]
+      y = np.tile(s_y[None], (r, 1)).astype(np.int32) if per_roi else np.repeat(s_y, r).astype(np.int32)
+      x = layout(s_rois, learner.config, per_roi)
+      params, _ = adapt_fn(learner, c, per_roi)(x, y, x)    # the same adaptation (it sees the support set only)
       first_params, first_support = jax.device_get(params), (s_rois, s_y)
     for k, v in zip(("probs", "query_y", "weights", "acc", "s", "q"),
-                    (probs, q_y, weights, acc, draw.support, draw.query)):
+                    (probs, draw.query_y, weights, acc, draw.support, draw.query)):
       out[k].append(v)
   return TrialResults(np.stack(out["probs"]).astype(np.float32), np.stack(out["query_y"]).astype(np.int32),
                       np.stack(out["weights"]), np.stack(out["acc"]), np.stack(out["s"]), np.stack(out["q"]),
                       first_params, first_support)
+
+
+# Columns shown beside the meta-learned result by `adapt` (grid names).
+COMPARISON = (("meta", "scratch"), ("finetune", "scratch"), ("base", "scratch"), ("ncm", "scratch"))
+
+
+def compare(data: SMIData, learner: Learner, *, shots: int, queries: int = 15, trials: int = 5, seed: int = 0,
+            progress: bool = True, where: str = "") -> dict:
+  """The meta-learned result beside baselines on the same trials, through the
+  experiment grid (`experiment.grid.run`, the path of `run.py experiment`).
+
+  Columns (all on the learner's own architecture and input size): the
+  meta-learned initialisation adapted by MAML; the same initialisation
+  fine-tuned like base learning; base learning (the network from random
+  initialisation); nearest class mean on a randomly initialised network's
+  features.  Returns {"columns": {"method/backbone": {"label", "mean", "ci95",
+  "n", "per_repeat"}} (accuracy %), "chance": %}.
+  """
+  import tempfile
+
+  from maml_jax.experiment import grid, methods, paper, sources, store, tables
+  from maml_jax.experiment.backbones import NetSpec
+  c = learner.config
+  source = sources.smi_source(data, queries=queries, seed=seed, where=where)
+  ctx = methods.Context(source, NetSpec(c.model, c.width, c.image_size, c.channels),
+                        learners={("meta", "scratch"): learner})
+  predictors = {col: methods.predictor(*col, ctx) for col in COMPARISON}
+  with tempfile.TemporaryDirectory() as tmp:
+    st = store.ResultsStore(tmp)
+    grid.run(source, COMPARISON, predictors, st, shots=(shots,), repeats=trials, seed=seed, progress=progress)
+    summary = tables.summarise(st.records, "smi")
+  labels = {("meta", "scratch"): f"meta-learned init ({c.model}), MAML adaptation, {learner.steps} steps",
+            ("finetune", "scratch"): "meta-learned init, fine-tuned like base learning",
+            ("base", "scratch"): f"base learning: {c.model} from random init",
+            ("ncm", "scratch"): f"nearest class mean on a random {c.model}'s features"}
+  cols = {f"{m}/{b}": {"label": labels[(m, b)], "method": paper.column_label(m, b),
+                       **summary["accuracy"][(m, b, shots)]} for m, b in COMPARISON}
+  return {"columns": cols, "chance": 100.0 / data.num_classes}
 
 
 def summarise(res: TrialResults, classes, roi_names, *, weight_folds: bool = True) -> dict:

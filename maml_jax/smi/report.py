@@ -12,13 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from maml_jax.smi import files
+from maml_jax import io as files
 
-# The paper's results on its (private) hand X-rays, for context only.
-PAPER_TABLE3 = {5: {"meta_scratch": 53.3, "meta_pretrained": 47.1},
-                10: {"meta_scratch": 56.6, "meta_pretrained": 57.1},
-                20: {"meta_scratch": 65.9, "meta_pretrained": 69.3}}
-PAPER_TABLE4 = {"roi1": 63.0, "roi2": 45.9, "roi3": 50.0, "roi4": 69.9, "roi5": 59.9, "roi6": 50.0}
 SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** These numbers come from generated, epiphysis-like drawings "
                     "(`maml_jax.smi.synthetic`), not from hand X-rays; they show that the pipeline runs "
                     "and say nothing about clinical accuracy.")
@@ -41,6 +36,15 @@ def _num(stat: dict, digits: int = 2) -> str:
   if m is None or math.isnan(m):
     return "n/a"
   return f"{m:.{digits}f}" if ci is None or math.isnan(ci) else f"{m:.{digits}f} ± {ci:.{digits}f}"
+
+
+def _paper_rois(roi_names) -> Optional[dict]:
+  """Our ROI name -> the paper's Table 4 number for the same joint (see
+  `experiment.paper.paper_roi`); None when no ROI pairs."""
+  from maml_jax.experiment import paper
+  pairs = {n: paper.paper_roi(n, j) for j, n in enumerate(roi_names)}
+  pairs = {n: v[0] for n, v in pairs.items() if v is not None}
+  return pairs or None
 
 
 def _jsonable(x):
@@ -122,8 +126,11 @@ def smi_markdown(metrics: dict) -> str:
   if metrics["synthetic"]:
     lines += ["> " + SYNTHETIC_BANNER, ""]
   counts = ", ".join(f"{c}: {n}" for c, n in zip(classes, d["counts"]))
+  what = (f"shards `{d['shards']}` (made from {d['source']})" if d.get("shards")
+          else d["source"])
   lines += [
-      f"- Data: {d['source']} — {d['num_images']} images x {len(d['roi_names'])} ROIs; per class {counts}.",
+      f"- Data analysed: {what} — {d['num_images']} images x {len(d['roi_names'])} ROIs "
+      f"({', '.join(d['roi_names'])}); images per class {counts}.",
       f"- Model: `{mdl['workdir']}` ({mdl['network']}, input {mdl['image_size']}x{mdl['image_size']}x"
       f"{mdl['channels']}, {mdl['ways']} outputs), {mdl['steps']} inner steps, "
       f"{'one learner per ROI' if mdl['per_roi_learners'] else 'one learner over all ROIs'}.",
@@ -139,12 +146,22 @@ def smi_markdown(metrics: dict) -> str:
     lines.append(f"| {RULE_TEXT.get(rule, rule)} | {_pct(e['accuracy'])} | {_num(e['mae_stages'])} | "
                  f"{_pct(e['within_one'])} | {_num(e['quadratic_kappa'])} |")
   lines += ["", f"Chance level: {100 / len(classes):.0f}%."]
-  ref = PAPER_TABLE3.get(p["shots"])
-  if ref and len(classes) == 5:
-    lines.append(f"For context, the paper's majority vote on its real X-rays at {p['shots']} shots: "
-                 f"{ref['meta_scratch']}% (scratch network), {ref['meta_pretrained']}% (pre-trained); "
-                 "not comparable with other data.")
-  paper4 = PAPER_TABLE4 if list(metrics["per_roi"]) == list(PAPER_TABLE4) else None
+  comp = metrics.get("comparison")
+  if comp:
+    lines += ["", "## Beside baselines, on the same trials", "",
+              "Majority-vote accuracy % (mean ± 95% CI over the same trials; each column classifies the same "
+              "support and query images).", "", "| method | accuracy % |", "|---|---|"]
+    for e in comp["columns"].values():
+      lines.append(f"| {e['label']} | {_pct({'mean': e['mean'] / 100, 'ci95': e['ci95'] / 100})} |")
+    lines.append(f"| chance (1 / {len(classes)} stages) | {comp['chance']:.1f} |")
+  from maml_jax.experiment import paper
+  ref = paper.PAPER_TABLE3.get(p["shots"])
+  if ref and len(classes) == 5 and not metrics["synthetic"]:
+    lines += ["", f"For context only: the paper's majority vote on its private X-rays at {p['shots']} shots was "
+              f"{ref[('meta', 'scratch')]}% (meta-learned, {paper.PAPER_NETWORKS['scratch']}) and "
+              f"{ref[('meta', 'pretrained')]}% (meta-learned head on {paper.PAPER_NETWORKS['pretrained']}); other "
+              f"networks, other data and SMI stages, so not comparable with this model ({mdl['network']})."]
+  paper4 = None if metrics["synthetic"] else _paper_rois(list(metrics["per_roi"]))
   lines += ["", "## Each ROI alone (the paper's Table 4)", "",
             "| ROI | accuracy % | vote weight (mean) | held-out support accuracy % |"
             + (" paper, real X-rays % |" if paper4 else ""),
@@ -152,7 +169,12 @@ def smi_markdown(metrics: dict) -> str:
   for name, e in metrics["per_roi"].items():
     held = e.get("support_heldout_accuracy_mean")
     lines.append(f"| {name} | {_pct(e)} | {e['weight_mean']:.2f} | "
-                 f"{'n/a' if held is None else f'{100 * held:.1f}'} |" + (f" {paper4[name]} |" if paper4 else ""))
+                 f"{'n/a' if held is None else f'{100 * held:.1f}'} |"
+                 + (f" {paper4.get(name, '–')} |" if paper4 else ""))
+  if paper4:
+    lines += ["", "The paper's per-ROI numbers are paired by joint: it names ROI 2 (middle finger distal joint) "
+              "and ROI 4 (middle finger proximal joint) only; '–' = the paper does not say which of its ROIs "
+              "this joint is."]
   conf = metrics["rules"]["majority"]["confusion"]
   lines += ["", "## Confusion matrix (majority vote, summed over trials)", "",
             "| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
@@ -172,7 +194,7 @@ def write_smi_report(out_dir: str, metrics: dict) -> list[str]:
   files.write_text(paths[1], smi_markdown(metrics))
   plot_confusion(np.array(metrics["rules"]["majority"]["confusion"]), metrics["data"]["classes"],
                  f"{tag}majority vote, {p['shots']}-shot, {p['trials']} trials", paths[2])
-  paper4 = PAPER_TABLE4 if list(metrics["per_roi"]) == list(PAPER_TABLE4) else None
+  paper4 = None if metrics["synthetic"] else _paper_rois(list(metrics["per_roi"]))
   plot_roi_accuracy(metrics["per_roi"], metrics["rules"], 1 / len(metrics["data"]["classes"]),
                     f"{tag}accuracy of each ROI alone, {p['shots']}-shot", paths[3], paper4)
   return paths
@@ -188,6 +210,17 @@ def smi_summary(metrics: dict) -> str:
     out.append(f"  {rule:9s} {_pct(e['accuracy']):>14s}   MAE {_num(e['mae_stages'])}  "
                f"within-one {_pct(e['within_one'])}  kappa {_num(e['quadratic_kappa'])}")
   out.append("  per ROI: " + ", ".join(f"{n} {100 * e['mean']:.1f}" for n, e in metrics["per_roi"].items()))
+  comp = metrics.get("comparison")
+  if comp:
+    out.append(f"{head}the same trials, majority vote (accuracy %, mean ± 95% CI):")
+    for e in comp["columns"].values():
+      out.append(f"  {_pct({'mean': e['mean'] / 100, 'ci95': e['ci95'] / 100}):>14s}  {e['label']}")
+    out.append(f"  {comp['chance']:>14.1f}  chance (1 / {len(metrics['data']['classes'])} stages)")
+    best = max(comp["columns"].values(), key=lambda e: e["mean"])
+    meta = comp["columns"].get("meta/scratch")
+    if meta is not None and meta["mean"] - meta["ci95"] <= comp["chance"]:
+      out.append(f"  note: the meta-learned result is not above chance on these trials"
+                 + ("; this model was not meta-trained on images like these" if meta is not best else ""))
   return "\n".join(out)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from typing import Optional
 
 import numpy as np

@@ -28,7 +28,8 @@ def check_class_sizes(label: np.ndarray, classes: Sequence[str], shots: int, que
   short = [(c, int(n)) for c, n in zip(classes, counts.tolist()) if n < need]
   if short:
     detail = "; ".join(f"class {c} has {n}" + (" (empty)" if n == 0 else "") for c, n in short)
-    raise SMIDataError(f"{where}: {detail}; {shots} shots + {queries} queries = {need} images per class are needed")
+    raise SMIDataError(f"{where}: {detail}; {shots} shots + {queries} queries = {need} images per class are needed "
+                       f"(lower --queries or --shots, or add images)")
 
 
 def draw_trial(label: np.ndarray, num_classes: int, shots: int, queries: int, *, seed: int, trial: int,
@@ -68,7 +69,7 @@ def draw_trial(label: np.ndarray, num_classes: int, shots: int, queries: int, *,
     rest = rest[~in_support[group[rest]]]
     if len(rest) < queries:
       raise SMIDataError(f"{where}: trial {trial}: class {names[c]} has only {len(rest)} image{'s' if len(rest) != 1 else ''} from patients "
-                         f"outside the support set; {queries} queries are needed")
+                         f"outside the support set; {queries} queries are needed (lower --queries or --shots)")
     query[c] = rest[:queries]
   return Trial(np.concatenate([support[c] for c in range(num_classes)]),
                np.concatenate([query[c] for c in range(num_classes)]))

@@ -65,6 +65,25 @@ def support_weights(roi_accuracy: np.ndarray, num_classes: int) -> np.ndarray:
 RULES = ("majority", "average", "weighted")
 
 
+def scores(probs: np.ndarray, query_y: np.ndarray) -> dict:
+  """The scores of one trial, the one place they are computed.
+
+  Args:
+    probs: float [m, R, C] class probabilities of each query image's R ROIs.
+    query_y: int [m] true classes.
+  Returns:
+    {"accuracy": majority-vote accuracy (the paper's rule), "average_vote_accuracy",
+     "roi_accuracy": [R] each ROI alone}; with R = 1 only "accuracy".
+  """
+  probs = np.asarray(probs, np.float64)
+  y = np.asarray(query_y)
+  if probs.shape[1] == 1:
+    return {"accuracy": float(np.mean(probs[:, 0].argmax(-1) == y))}
+  return {"accuracy": float(np.mean(majority(probs) == y)),
+          "average_vote_accuracy": float(np.mean(average(probs) == y)),
+          "roi_accuracy": [float(a) for a in (probs.argmax(-1) == y[:, None]).mean(0)]}
+
+
 def combine(rule: str, probs: np.ndarray, weights=None) -> np.ndarray:
   if rule == "majority":
     return majority(probs)

@@ -1,0 +1,151 @@
+"""Meta-training on similar-looking data: tasks of hand-radiograph crops.
+
+The paper suggests meta-training on data that look like the target.  Here the
+target is the SMI shards themselves, so the patients are split first:
+
+* `split_patients`: a seeded share of the patients (`share`) is set aside for
+  meta-training; every other patient is scored.  The split is saved as
+  `<out>/xray-split.json` (patient and image ids of both sides) and checked
+  on every later run (`save_or_check`); `check_disjoint` raises LeakError if a
+  patient or image is on both sides.  Every column of the table, baseline or
+  meta-learned, is scored on the same held-out patients only.
+* `task_classes`: the meta-training side's images are cut into finer classes
+  than the scored stages: `bins` bone-age bins at the quantiles of the
+  meta-side ages (or the stages themselves when the shards carry no ages).
+  An N-way task draws N of these bins, K crops of each as support and Q as
+  queries (the engine's episode sampler), so the model meta-learns to tell
+  neighbouring ages apart from few examples.  Each ROI crop is one example
+  labelled with its image's bin, as in adaptation, where all crops of a
+  support image carry its stage.  A share of the meta-side patients
+  (`VAL_SHARE`) is kept apart again for meta-validation (model selection).
+
+What this costs in labels: the meta-training side's bone ages (or stages) are
+used; the scored side's labels are used only as the few-shot support labels,
+as for every other column.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from maml_jax.experiment.meta_runs import LeakError
+from maml_jax.experiment.store import SettingsMismatchError
+from maml_jax import io as files
+
+SPLIT_FILE = "xray-split.json"
+VAL_SHARE = 0.25     # of the meta-training patients, for meta-validation
+
+
+def _patients(data) -> np.ndarray:
+  """Patient id per image (the image id, or the row, where unknown)."""
+  ids = data.image_id if data.image_id is not None else np.arange(data.num_images).astype(str)
+  if data.patient_id is None:
+    return np.asarray(ids).astype(str)
+  pid = np.asarray(data.patient_id).astype(str)
+  return np.where(pid == "", np.char.add("image:", np.asarray(ids).astype(str)), pid)
+
+
+def split_patients(data, share: float, seed: int) -> dict:
+  """A seeded patient-level split: {"meta_rows", "scored_rows"} (int lists) and
+  the ids behind them, plus the settings that made it."""
+  if not 0 < share < 1:
+    raise ValueError(f"the meta-training share of patients must be in (0, 1), got {share}")
+  pid = _patients(data)
+  patients = np.unique(pid)
+  rng = np.random.default_rng([seed, 20180])
+  chosen = set(rng.permutation(patients)[:int(round(share * len(patients)))].tolist())
+  meta = np.array([p in chosen for p in pid])
+  ids = (data.image_id if data.image_id is not None else np.arange(data.num_images)).astype(str)
+  return {"seed": seed, "share": share, "num_patients": int(len(patients)),
+          "meta_rows": np.flatnonzero(meta).tolist(), "scored_rows": np.flatnonzero(~meta).tolist(),
+          "meta_patients": sorted(chosen), "scored_patients": sorted(set(pid[~meta].tolist())),
+          "meta_images": sorted(ids[meta].tolist()), "scored_images": sorted(ids[~meta].tolist())}
+
+
+def check_disjoint(split: dict) -> None:
+  """LeakError if any patient or image is on both sides of the split."""
+  for kind in ("patients", "images"):
+    both = sorted(set(split[f"meta_{kind}"]) & set(split[f"scored_{kind}"]))
+    if both:
+      raise LeakError(f"the X-ray meta-training split shares {len(both)} {kind} with the scored side "
+                      f"(e.g. {both[0]}); meta-training on them would leak into the scores")
+
+
+def digest(split: dict) -> str:
+  return hashlib.sha1(json.dumps([split["meta_images"], split["scored_images"]]).encode()).hexdigest()[:12]
+
+
+def save_or_check(out_dir: str, split: dict) -> str:
+  """Writes `<out>/xray-split.json`, or checks it equals the saved one; returns its path."""
+  check_disjoint(split)
+  path = os.path.join(out_dir, SPLIT_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if digest(saved) != digest(split):
+      raise SettingsMismatchError(f"{path} holds another patient split (seed {saved.get('seed')}, share "
+                                  f"{saved.get('share')}); use the same --seed/--xray-meta or another --out")
+    return path
+  os.makedirs(out_dir, exist_ok=True)
+  files.write_json(path, split)
+  return path
+
+
+class TaskClasses(NamedTuple):
+  """Crops of one side grouped by class, as the engine's episode sampler wants them.
+
+  rows: int64 [n] crop rows into the full source's crops, class-major;
+  class_start / class_count: int32 [classes]; names: class names;
+  edges: the bone-age bin edges (months), or None for stage classes.
+  """
+  rows: np.ndarray
+  class_start: np.ndarray
+  class_count: np.ndarray
+  names: tuple
+  edges: Optional[list]
+
+
+def age_edges(data, rows: np.ndarray, bins: int) -> Optional[list]:
+  """Bone-age bin edges (months) at the quantiles of the ages at `rows`; None
+  when the shards carry no ages (the stages are the classes then)."""
+  if data.age_months is None or bins <= 0:
+    return None
+  age = np.asarray(data.age_months, np.float64)[np.asarray(rows)]
+  return np.unique(np.quantile(age, np.linspace(0, 1, bins + 1)[1:-1])).tolist()
+
+
+def bin_labels(data, rows: np.ndarray, edges: Optional[list]) -> tuple[np.ndarray, tuple]:
+  """Class of each image at `rows` (bone-age bin, or stage when edges is None) and the class names."""
+  if edges is None:
+    return np.asarray(data.label)[rows], tuple(f"stage {c}" for c in data.classes)
+  age = np.asarray(data.age_months, np.float64)[rows]
+  bounds = ["0"] + [f"{e:g}" for e in edges] + ["max"]
+  names = tuple(f"bone age {bounds[i]}-{bounds[i + 1]} months" for i in range(len(edges) + 1))
+  return np.searchsorted(np.asarray(edges), age, side="right"), names
+
+
+def task_classes(data, image_rows: np.ndarray, rois: int, edges: Optional[list]) -> TaskClasses:
+  """The crops of the images at `image_rows`, grouped by bone-age bin."""
+  image_rows = np.asarray(image_rows, np.int64)
+  lab, names = bin_labels(data, image_rows, edges)
+  order = np.argsort(lab, kind="stable")
+  image_rows, lab = image_rows[order], lab[order]
+  crop_rows = (image_rows[:, None] * rois + np.arange(rois)[None]).reshape(-1)
+  counts = np.bincount(lab, minlength=len(names)) * rois
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  return TaskClasses(crop_rows, starts.astype(np.int32), counts.astype(np.int32), names, edges)
+
+
+def meta_sides(data, meta_rows, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The meta-training images split again by patient: (train rows, validation rows)."""
+  meta_rows = np.asarray(meta_rows, np.int64)
+  pid = _patients(data)[meta_rows]
+  patients = np.unique(pid)
+  rng = np.random.default_rng([seed, 20181])
+  val = set(rng.permutation(patients)[:max(1, int(round(VAL_SHARE * len(patients))))].tolist())
+  is_val = np.array([p in val for p in pid])
+  return meta_rows[~is_val], meta_rows[is_val]
