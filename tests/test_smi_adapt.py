@@ -13,7 +13,8 @@ from maml_jax import checkpoints
 from maml_jax.cli import main
 from maml_jax.config import get_preset
 from maml_jax.models import build_model
-from maml_jax.smi import demo_images, experiment, learner, predictor, shards, synthetic
+from maml_jax import learner
+from maml_jax.smi import demo_images, experiment, predictor, shards, synthetic
 from maml_jax.train_step import init_state
 
 COUNTS = (12, 12, 10, 10, 10)

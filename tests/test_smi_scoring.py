@@ -16,7 +16,8 @@ from maml_jax.experiment.backbones import NetSpec
 from maml_jax.experiment.meta_runs import LeakError
 from maml_jax.experiment.store import SettingsMismatchError
 from maml_jax.models import build_model
-from maml_jax.smi import experiment, learner, shards, synthetic, voting
+from maml_jax import learner
+from maml_jax.smi import experiment, shards, synthetic, voting
 from maml_jax.train_step import init_state
 
 COUNTS = (9, 9, 8, 8, 8)
