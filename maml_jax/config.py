@@ -119,7 +119,8 @@ class Config:
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
     if self.model not in MODELS: problems.append(f"model={self.model!r} is not one of {', '.join(MODELS)}")
     bad = [n for n in self.dataset.split("+") if n not in DATASETS]
-    if self.dataset not in ("omniglot", "synthetic") and (bad or not self.dataset):
+    # "features": precomputed backbone features (the experiment grid's pretrained heads).
+    if self.dataset not in ("omniglot", "synthetic", "features") and (bad or not self.dataset):
       problems.append(f"dataset={self.dataset!r}: {', '.join(map(repr, bad)) or 'empty'} is not one of "
                       f"omniglot, synthetic, or a '+'-joined subset of {', '.join(DATASETS)}")
     # Counts and sizes that must be positive (0 would divide by zero or do nothing).

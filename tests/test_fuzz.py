@@ -24,6 +24,11 @@ import pytest
 from data.errors import DataError
 from maml_jax.errors import UserError
 
+# orbax leaves a coroutine un-awaited when a damaged checkpoint fails to restore
+# (its error reaches us as a CheckpointError); the warning, orbax's clean-up,
+# surfaces at garbage collection, possibly in the next test.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 SEED = 20260101
 ALLOWED = (UserError, DataError)
 
@@ -154,9 +159,6 @@ def _mutated_copy(src, dst, rel, content):
   return dst
 
 
-# orbax leaves a coroutine un-awaited when a damaged checkpoint fails to restore
-# (its error reaches us as a CheckpointError); the warning is orbax's clean-up.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_fuzz_readers_raise_only_named_errors(base, tmp_path, capsys):
   from maml_jax.smi import predictor, prepare, shards
   from maml_jax.checkpoints import load_trained

@@ -92,11 +92,11 @@ def test_result_changing_settings_are_refused():
 
 def test_resume_with_another_cosine_length_is_refused_before_writing(tmp_path):
   cfg = get_preset("tiny").replace(steps=2, lr_schedule="cosine", val_every=0)
-  train.train_and_evaluate(cfg, str(tmp_path), progress=False)
+  checkpoints.check_or_write_config(str(tmp_path), cfg)   # the run's config.json, as training writes it
   before = open(tmp_path / "config.json").read()
   with pytest.raises(IncompatibleRunError, match="steps: 2 in the workdir, 5 now"):
     train.train_and_evaluate(cfg.replace(steps=5), str(tmp_path), resume=True, progress=False)
-  assert open(tmp_path / "config.json").read() == before
+  assert open(tmp_path / "config.json").read() == before and os.listdir(tmp_path) == ["config.json"]
 
 
 @pytest.mark.parametrize("bad", [dict(model="conv5"), dict(dataset="cifar10"), dict(log_every=0),

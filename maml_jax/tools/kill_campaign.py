@@ -5,9 +5,10 @@
 One uninterrupted run of a small SYNTHETIC configuration gives the reference.
 Then, for each kill: a fresh workdir, `meta-train` started in a subprocess and
 killed with SIGKILL at a seeded random step: a random fraction of a second
-after that step's log line, or (every other kill) the moment a best
-checkpoint of that step or later exists that no latest checkpoint covers yet
-(the window in which a kill used to leave a workdir every later run refused), then
+after that step's log line, or (every other kill) the moment the best
+checkpoint of a step where the reference saved one, not a checkpoint step,
+exists and no latest checkpoint covers it yet (the window in which a kill
+used to leave a workdir every later run refused), then
 `meta-train --resume` until it finishes.  The resumed end state must equal the
 reference bit for bit: the latest and best parameters, the best step,
 metrics.jsonl (steps without duplicates, every value but the timings) and the
@@ -30,8 +31,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # val every step, latest checkpoint every 5: a best checkpoint is ahead of the
 # latest one for most of the run.
-ARGS = ["meta-train", "--preset", "tiny", "--steps", "20", "--val-every", "1", "--checkpoint-every", "5",
-        "--log-every", "1", "--no-progress"]
+CHECKPOINT_EVERY = 5
+ARGS = ["meta-train", "--preset", "tiny", "--steps", "20", "--val-every", "1", "--checkpoint-every",
+        str(CHECKPOINT_EVERY), "--log-every", "1", "--no-progress"]
 
 
 def _cmd(workdir, resume=False):
@@ -93,8 +95,14 @@ def main(argv=None) -> int:
   subprocess.run(_cmd(ref_dir), env=env, check=True, capture_output=True)
   duration = time.time() - t0
   ref = end_state(ref_dir)
-  print(f"reference run: {duration:.1f} s, best step {ref['best_step']}, {len(ref['metrics'])} metric lines",
-        flush=True)
+  window_steps, top = [], -1.0
+  for line in ref["metrics"]:
+    if line.get("val_accuracy", -1.0) > top:
+      top = line["val_accuracy"]
+      if line["step"] % CHECKPOINT_EVERY:
+        window_steps.append(line["step"])
+  print(f"reference run: {duration:.1f} s, best step {ref['best_step']}, {len(ref['metrics'])} metric lines, "
+        f"best checkpoints ahead of the latest after steps {window_steps}", flush=True)
   rows, identical, unusable, window_kills = [], 0, 0, 0
   for k in range(a.kills):
     w = os.path.join(work, f"kill{k}")
@@ -104,6 +112,8 @@ def main(argv=None) -> int:
     # every latest checkpoint.
     target = "window" if k % 2 else "random"
     at_step, extra = int(rng.integers(1, 20)), float(rng.uniform(0.0, 0.5))
+    if target == "window":   # one of the steps where the reference saved a best checkpoint ahead of the latest
+      at_step = int(rng.choice(window_steps))
     proc = subprocess.Popen(_cmd(w), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     hit, logged_at = False, None
     while proc.poll() is None:
@@ -112,8 +122,7 @@ def main(argv=None) -> int:
           logged_at = time.time()
         ready = logged_at is not None and time.time() - logged_at >= extra
       else:
-        best = _steps(os.path.join(w, "best"))
-        ready = in_window(w) and best[-1] >= at_step
+        ready = in_window(w) and at_step in _steps(os.path.join(w, "best"))
       if ready:
         proc.send_signal(signal.SIGKILL)
         hit = True

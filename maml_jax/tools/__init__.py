@@ -1,0 +1,1 @@
+"""Scripts for checking the project as a user meets it: kill campaigns, bad-input probes, forced NaN."""
