@@ -36,8 +36,8 @@ def _error(argv, capsys) -> str:
 
 @pytest.mark.parametrize("argv, says", [
     (["--shots", "0"], "shots=0 must be >= 1"),
-    (["--model", "resnet"], "unknown model 'resnet'"),
-    (["--dataset", "imagenet"], "unknown dataset(s) ['imagenet']"),
+    (["--model", "resnet"], "model='resnet' is not one of"),
+    (["--dataset", "imagenet"], "dataset='imagenet': 'imagenet' is not one of"),
     (["--dataset", "omniglot", "--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
 ])
 def test_meta_train_bad_input_is_one_error_line(argv, says, tmp_path, capsys):
