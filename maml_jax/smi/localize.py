@@ -248,11 +248,14 @@ def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
   return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
 
 
-def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[HandRegion] = None) -> HandGeometry:
+def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[HandRegion] = None,
+                  hand: str = "auto") -> HandGeometry:
   """Finds the hand mask, palm, arm direction, five fingertips and the thumb (see the module doc).
 
   Args:
     image: uint8 [H, W] radiograph, any size >= 128 px.
+    hand: "auto", or the side every image shows ("left"/"right"), which then
+      decides only when the thumb evidence is weak.
   Raises:
     LocalizationError naming `where` when no hand or not five fingertips are found.
   """
@@ -298,9 +301,11 @@ def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[H
   # called only on clear evidence; otherwise the standard left hand is assumed, and said.
   margin = score_first - score_last
   mirrored = margin > THUMB_MARGIN
-  doubt = "" if abs(margin) > THUMB_MARGIN else (
-      f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
-      "assumed a left hand")
+  doubt = ""
+  if abs(margin) <= THUMB_MARGIN:
+    mirrored = hand == "right"
+    doubt = (f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
+             + (f"taken from --hand {hand}" if hand != "auto" else "assumed a left hand"))
   if not mirrored:
     tips = tips[::-1]
   return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt,
@@ -404,7 +409,7 @@ def locate(image: np.ndarray, *, where: str = "image", model: Optional[dict] = N
   Raises:
     LocalizationError naming `where`, the ROI and the reason.
   """
-  geo = hand_geometry(image, where=where)
+  geo = hand_geometry(image, where=where, hand=hand)
   check_hand(geo, hand, where)
   model = load_shape_model() if model is None else model
   h, w = image.shape
@@ -437,7 +442,7 @@ def whole_hand(image: np.ndarray, *, where: str = "image", size: int = 64,
   reg = hand_region(image, where=where)
   note = ""
   try:
-    geo = hand_geometry(image, where=where, region=reg)
+    geo = hand_geometry(image, where=where, region=reg, hand=hand)
     arm, mirrored = geo.arm, geo.mirrored
     if hand != "auto":  # the side is known: only turn the view, never mirror it
       mirrored = hand == "right"

@@ -84,6 +84,24 @@ def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+def transformed(image: np.ndarray, quarter_turns: int, mirror: bool):
+  """The image mirrored (left-right) then turned counter-clockwise, and the matching map of
+  (x, y) points: a robustness check on the same expert boxes."""
+  h, w = image.shape
+  out = image[:, ::-1] if mirror else image
+
+  def move(xy):
+    x, y = float(xy[0]), float(xy[1])
+    if mirror:
+      x = w - 1 - x
+    hh, ww = h, w
+    for _ in range(quarter_turns):  # np.rot90: (x, y) -> (y, W - 1 - x), and W, H swap
+      x, y = y, ww - 1 - x
+      hh, ww = ww, hh
+    return np.array([x, y])
+  return np.ascontiguousarray(np.rot90(out, quarter_turns)), move
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--boxes", required=True)
@@ -91,16 +109,19 @@ def main(argv=None) -> int:
   ap.add_argument("--folds", type=int, default=46, help="k-fold by image (default: leave one image out)")
   ap.add_argument("--write-model", metavar="JSON")
   ap.add_argument("--per-image", metavar="CSV", help="write each image's distances and hits")
+  ap.add_argument("--rotate", type=int, choices=(0, 1, 2, 3), default=0,
+                  help="turn every image (and its boxes) by this many quarter turns counter-clockwise")
+  ap.add_argument("--mirror", action="store_true", help="mirror every image (and its boxes) left to right")
   ap.add_argument("--hand", choices=loc.HANDS, default="auto", help="as prepare-smi's --hand (default auto)")
   a = ap.parse_args(argv)
   boxes = read_boxes(a.boxes, a.images)
   ids = sorted(boxes)
   geos, truth, tu, failed = {}, {}, {}, {}
   for i in ids:
-    image = imio.read_gray(os.path.join(a.images, i + ".png"))
-    truth[i] = expert_centres(boxes[i])
+    image, move = transformed(imio.read_gray(os.path.join(a.images, i + ".png")), a.rotate, a.mirror)
+    truth[i] = {r: move(c) for r, c in expert_centres(boxes[i]).items()}
     try:
-      geos[i] = loc.hand_geometry(image, where=i)
+      geos[i] = loc.hand_geometry(image, where=i, hand=a.hand)
     except loc.LocalizationError as e:
       failed[i] = str(e)
       continue
@@ -111,7 +132,7 @@ def main(argv=None) -> int:
   rows = []
   rejected = {}
   for i in ids:
-    image = imio.read_gray(os.path.join(a.images, i + ".png"))
+    image, _ = transformed(imio.read_gray(os.path.join(a.images, i + ".png")), a.rotate, a.mirror)
     fit = imio.square_fit(image.shape)
     held_out = {r: np.median([tu[j][r] for j in tu if fold[j] != fold[i]], 0) for r in loc.JOINT_ROIS}
     if i not in failed:
