@@ -6,7 +6,9 @@ Modules, one job each:
   files             atomic writes and checksums
   labels            the paper's 11-to-5 stage merge, user mappings, ages
   shards            the NPZ shard format (writer, validating loader)
-  images            reading X-rays, 512x512, 64x64 ROI crops
+  images            reading X-rays, 512x512 (aspect kept), 64x64 ROI crops
+  localize          finding the hand, its fingertips and six joint ROIs; whole-hand view
+  preview           overlay PNGs of located ROIs and a contact sheet
   prepare           label / ROI-centre CSVs -> data set (`prepare-smi`)
   synthetic         the SYNTHETIC demo data generator and its cache
   demo_images       SYNTHETIC demo PNGs + CSVs, preview montage

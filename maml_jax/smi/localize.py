@@ -77,29 +77,12 @@ class HandGeometry:
   doubt: str = ""
   right_score: float = 0.0
 
-  def bbox(self) -> np.ndarray:
-    """float [4] (x0, y0, x1, y1) of the hand mask in original pixels."""
-    ys, xs = np.nonzero(self.mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) / self.work_scale
-
 
 def load_shape_model(path: str = SHAPE_MODEL_PATH) -> dict[str, np.ndarray]:
   """{roi name: float [2] (t, u)} from the shipped shape model."""
   with open(path) as f:
     m = json.load(f)
   return {k: np.asarray(v, np.float64) for k, v in m["joints"].items()}
-
-
-def _otsu(values: np.ndarray) -> float:
-  hist, edges = np.histogram(values, bins=128)
-  p = hist.astype(np.float64) / max(hist.sum(), 1)
-  mids = (edges[:-1] + edges[1:]) / 2
-  w0 = np.cumsum(p)
-  m0 = np.cumsum(p * mids)
-  mt = m0[-1]
-  w1 = 1 - w0
-  between = np.where((w0 > 0) & (w1 > 0), (mt * w0 - m0) ** 2 / np.maximum(w0 * w1, 1e-12), 0)
-  return float(mids[int(np.argmax(between))])
 
 
 def _otsu3(values: np.ndarray) -> tuple[float, float]:
