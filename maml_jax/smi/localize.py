@@ -137,21 +137,57 @@ def work_image(image: np.ndarray) -> tuple[np.ndarray, float]:
   return ndimage.gaussian_filter(small.astype(np.float32) / 255.0, 1.0), s
 
 
-def hand_mask(g: np.ndarray) -> np.ndarray:
-  """bool [h, w]: the hand (with whatever arm is in view) in the work image `g`."""
+def _film_inside(m: np.ndarray) -> Optional[np.ndarray]:
+  """bool [h, w]: the dark film that the bright region `m` encloses (a light box or a lit frame
+  around the film, the hand inside it), or None when `m` encloses no large dark area."""
+  holes = _largest_component(ndimage.binary_fill_holes(m) & ~m)
+  if holes.mean() < 0.15:
+    return None
+  from scipy.spatial import ConvexHull, Delaunay, QhullError
+  ys, xs = np.nonzero(holes & ~ndimage.binary_erosion(holes))
+  try:
+    pts = np.stack([xs, ys], 1)[ConvexHull(np.stack([xs, ys], 1)).vertices]
+  except QhullError:
+    return None
+  gy, gx = np.mgrid[:m.shape[0], :m.shape[1]]
+  # The hull, not the hole: the hand (and an arm crossing the film's edge) lies inside the film.
+  film = Delaunay(pts).find_simplex(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(m.shape) >= 0
+  return ndimage.binary_erosion(film, iterations=3)
+
+
+MASK_LEVELS = (0.0, 0.3, 0.55)  # thresholds tried, as a fraction of the way from the tissue to the bone level
+
+
+def hand_mask(g: np.ndarray, level: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """(mask, view), bool [h, w] each: the hand (with whatever arm is in view) in the work image
+  `g`, and the part of the frame that shows the patient (the whole image, or a film inside it).
+
+  `level` 0 thresholds at the background/soft-tissue split; higher levels move the threshold
+  towards the bone level, which parts fingers whose soft tissue touches.
+  """
   inside = np.ones(g.shape, bool)
-  for _ in range(3):
-    lo, _ = _otsu3(g[inside])
+  lo, hi = _otsu3(g)
+  field = view = inside
+  for _ in range(4):
+    field = inside
+    lo, hi = _otsu3(g[inside])
     m = _largest_component(ndimage.binary_opening((g > lo) & inside, iterations=2))
+    film = _film_inside(m)
+    if film is not None and film.sum() >= 50:  # a bright frame around a dark film: look inside the film
+      inside = view = film
+      continue
     # A hand with its fingers is far from convex; a bright film, a light box or a lit background
     # is not.  Then the hand is the bright part inside it: split again within.
     if m.sum() < 50 or (m.mean() <= 0.6 and _solidity(m) < SOLID):
       break
-    inside = ndimage.binary_erosion(m, iterations=3)
-    if inside.sum() < 50:
+    new = ndimage.binary_erosion(m, iterations=3)
+    if new.sum() < 50:
       break
+    inside = new
+  if level > 0:
+    m = _largest_component(ndimage.binary_opening((g > lo + level * (hi - lo)) & field, iterations=2))
   m = ndimage.binary_closing(m, iterations=2)
-  return ndimage.binary_fill_holes(m)
+  return ndimage.binary_fill_holes(m) & field, view
 
 
 def _peaks(prof: np.ndarray, min_height: float, min_drop: float) -> list[int]:
@@ -196,10 +232,11 @@ BINS = 180
 OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
 FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
+RAGGED = 110  # outline perimeter^2 / area above which a region is speckle, not a hand (hands: 20-80)
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
 
-def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
+def hand_region(image: np.ndarray, *, where: str = "image", level: float = 0.0) -> HandRegion:
   """Finds the hand mask, the palm and (when the arm leaves the frame) the arm's direction.
 
   Raises:
@@ -208,25 +245,30 @@ def hand_region(image: np.ndarray, *, where: str = "image") -> HandRegion:
   g, s = work_image(image)
   if float(np.percentile(g, 99.5) - np.percentile(g, 0.5)) < 0.05:
     raise LocalizationError(where, "hand", "the image is blank (no contrast)")
-  mask = hand_mask(g)
+  mask, field = hand_mask(g, level)
   frac = float(mask.mean())
   if not 0.04 <= frac <= 0.85:
     raise LocalizationError(where, "hand", f"no hand-sized bright region (the largest covers {100 * frac:.0f}% "
                             "of the image)")
+  edge = mask & ~ndimage.binary_erosion(mask)
+  ragged = float(edge.sum()) ** 2 / max(float(mask.sum()), 1.0)
+  if ragged > RAGGED:
+    raise LocalizationError(where, "hand", f"the bright region's outline is ragged (perimeter^2 / area {ragged:.0f}, "
+                            f"a hand's is under {RAGGED}): speckle or texture, not a hand")
   dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
   cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
   palm, r = np.array([cx, cy], np.float64), float(dist[cy, cx])
-  edge = mask & ~ndimage.binary_erosion(mask)
   ys, xs = np.nonzero(edge)
   d = np.hypot(xs - palm[0], ys - palm[1])
   ang = np.arctan2(ys - palm[1], xs - palm[0])
   k = ((ang + np.pi) / (2 * np.pi) * BINS).astype(int) % BINS
   prof = np.zeros(BINS)
   np.maximum.at(prof, k, d)
-  border = np.zeros_like(mask)
-  # A band, not the edge row: the mask's opening pulls it a few pixels in from the frame.
-  border[:4], border[-4:], border[:, :4], border[:, -4:] = True, True, True, True
-  by, bx = np.nonzero(mask & border)
+  # Where the arm leaves the view (the image's edge, or the film's): a band, not the edge row, as
+  # the mask's opening pulls it a few pixels in from the edge.
+  border = field & ~ndimage.binary_erosion(field, iterations=4, border_value=0)
+  # The arm is the largest stretch of the hand along that band (a fingertip may touch it too).
+  by, bx = np.nonzero(_largest_component(mask & border))
   arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 6 else None
   return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
 
@@ -242,7 +284,22 @@ def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[H
   Raises:
     LocalizationError naming `where` when no hand or not five fingertips are found.
   """
-  reg = hand_region(image, where=where) if region is None else region
+  if region is not None:
+    return _geometry_of(region, where=where, hand=hand)
+  first = None
+  for level in MASK_LEVELS:  # touching fingers: a threshold nearer the bone level may part them
+    try:
+      return _geometry_of(hand_region(image, where=where, level=level), where=where, hand=hand)
+    except LocalizationError as e:
+      if first is None:
+        first = e
+      if e.roi == "hand" and level == MASK_LEVELS[0]:
+        raise
+  raise first
+
+
+def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
+  """`hand_geometry` on one hand region."""
   mask, palm, r, s, prof, k, d = reg.mask, reg.palm, reg.radius, reg.scale, reg.profile, reg.bin_of, reg.dist
   xs, ys = reg.xy[:, 0], reg.xy[:, 1]
   bins = BINS

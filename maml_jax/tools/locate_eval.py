@@ -14,8 +14,8 @@ centre contains the expert box's centre.
 
 Boxes to fingers: DIP boxes (4: fingers 2-5), PIP boxes (5: thumb IP and
 fingers 2-5) and MCP boxes (5) are each ordered by their angle about the wrist
-box's centre, from the little finger to the thumb (the thumb is the end nearer
-the radius box).  Coordinates are scaled from the annotated size to the copy's.
+box's centre, from the little finger to the thumb (the thumb is the end whose
+PIP-row box, its IP joint, lies farther from every DIP box).  Coordinates are scaled from the annotated size to the copy's.
 
 `--write-model` writes the median over ALL boxed images (what ships); the numbers
 it contains come from the box coordinates expressed in the frames of the
@@ -62,7 +62,6 @@ def read_boxes(path: str, images_dir: str) -> dict[str, dict[str, np.ndarray]]:
 def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """{roi: float [2]} for the six ROIs, fingers assigned by angle about the wrist box."""
   wrist = boxes["Wrist"][0]
-  radius = boxes["Radius"][0]
   out = {}
   ordered = {}
   for label, n in EXPECT.items():
@@ -72,9 +71,12 @@ def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ang = np.arctan2(c[:, 1] - wrist[1], c[:, 0] - wrist[0])
     order = np.argsort(ang)  # increasing angle; which end is the thumb is decided below
     ordered[label] = c[order]
-  # The thumb end: the MCP end nearer the radius box.
-  m = ordered["MCP"]
-  flip = np.linalg.norm(m[-1] - radius) < np.linalg.norm(m[0] - radius)
+  # The thumb end: the thumb has no distal (DIP) box, so its IP box (the PIP end) stands far from
+  # every DIP box while the little finger's PIP box has its DIP box just beyond it.  (Nearness to
+  # the radius box, used before, picks the wrong end when the thumb is spread wide: 2 of 46 images.)
+  p = ordered["PIP"]
+  near_dip = [float(np.min(np.linalg.norm(boxes["DIP"] - p[k], axis=1))) for k in (0, -1)]
+  flip = near_dip[1] > near_dip[0]
   for label in ordered:
     if flip:
       ordered[label] = ordered[label][::-1]
