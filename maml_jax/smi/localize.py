@@ -7,8 +7,10 @@ between its fingertip and the palm.
 
 Steps, on a copy scaled to 256 px on the long side:
   1. hand mask: smoothed image thresholded (Otsu, retried inside the first
-     mask when the background is brighter than usual), largest connected
-     component, holes filled;
+     mask when the background is brighter than usual, or inside a dark film
+     that a light box frames), largest connected component, holes filled;
+     when five fingertips are not found, again at thresholds nearer the bone
+     level (touching fingers);
   2. palm centre: the mask point farthest from the mask's edge (the palm is
      the widest part of a hand), palm radius = that distance;
   3. the arm: where the mask leaves the image (or, for a hand wholly inside
