@@ -92,6 +92,15 @@ def test_shifted_hand_in_a_non_square_frame():
   check(image, joints)
 
 
+def test_hand_on_a_film_framed_by_a_light_box():
+  # SYNTHETIC: the drawn film (dark, the hand on it) held in a bright light box that frames it on
+  # every side; the arm runs to the film's lower edge.  The hand is found inside the film.
+  film, joints = draw_hand(seed=2)
+  image = np.full((700, 660), 200, np.uint8)
+  image[90:602, 70:582] = film
+  check(image, {r: c + np.array([70, 90]) for r, c in joints.items()})
+
+
 def test_right_hand_is_detected_and_named_as_a_left_one():
   image, joints = draw_hand(seed=2)
   w = image.shape[1]
