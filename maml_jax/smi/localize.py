@@ -228,6 +228,8 @@ class HandRegion:
   bin_of: np.ndarray
   dist: np.ndarray
   xy: np.ndarray
+  gray: Optional[np.ndarray] = None
+  view: Optional[np.ndarray] = None
 
 
 BINS = 180
@@ -272,7 +274,77 @@ def hand_region(image: np.ndarray, *, where: str = "image", level: float = 0.0) 
   # The arm is the largest stretch of the hand along that band (a fingertip may touch it too).
   by, bx = np.nonzero(_largest_component(mask & border))
   arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 6 else None
-  return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64))
+  return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64), g, field)
+
+
+def _extend_tip(reg: HandRegion, tip: np.ndarray) -> np.ndarray:
+  """float [2]: `tip` [2] (work pixels) moved out along the line from the palm while the image
+  stays brighter than midway between the film around the hand and the finger's soft tissue.
+
+  A threshold set for the whole hand can cut off the thin, faint last phalanx (a film on a
+  light box, a dark exposure); the finger's own contrast with the film beside it finds its end.
+  Never moves the tip inwards, nor by more than half the tip's distance from the palm.
+  """
+  g, mask = reg.gray, reg.mask
+  h, w = g.shape
+  out = tip - reg.palm
+  length = float(np.linalg.norm(out))
+  out = out / max(length, 1e-9)
+  near = ndimage.binary_dilation(mask, iterations=12) & ~ndimage.binary_dilation(mask, iterations=4)
+  if reg.view is not None:
+    near &= reg.view
+  ys, xs = np.nonzero(near)
+  close = np.hypot(xs - tip[0], ys - tip[1]) < 0.5 * length
+  if close.sum() < 10:
+    return tip
+  film = float(np.median(g[ys[close], xs[close]]))
+  steps = np.arange(-6, int(0.5 * length))
+  pts = tip + steps[:, None] * out
+  inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+  prof = np.full(len(steps), film)
+  prof[inside] = ndimage.map_coordinates(g, [pts[inside, 1], pts[inside, 0]], order=1)
+  tissue = float(np.median(prof[:6]))  # the last few pixels inside the mask
+  if tissue - film < 0.02:
+    return tip
+  above = prof > (film + tissue) / 2
+  end, gap = 0, 0
+  for k in range(6, len(steps)):  # walk out; a dark joint space of up to 3 px is bridged
+    if above[k]:
+      end, gap = steps[k], 0
+    else:
+      gap += 1
+      if gap > 3:
+        break
+  return tip + max(end, 0) * out
+
+
+def _widest_limb(mask: np.ndarray, palm: np.ndarray, r: float) -> Optional[np.ndarray]:
+  """float [2] unit vector from the palm to the widest run of the mask on a circle of radius
+  2 palm radii (fingers cross it as narrow runs, the forearm as one wide run), or None when the
+  circle is all hand or the widest run is not clearly the widest (under 1.5 times the next)."""
+  t = np.linspace(-np.pi, np.pi, 360, endpoint=False)
+  x, y = np.round(palm[0] + 2 * r * np.cos(t)).astype(int), np.round(palm[1] + 2 * r * np.sin(t)).astype(int)
+  ok = (x >= 0) & (x < mask.shape[1]) & (y >= 0) & (y < mask.shape[0])
+  on = np.zeros(len(t), bool)
+  on[ok] = mask[y[ok], x[ok]]
+  if on.all() or not on.any():
+    return None
+  start = int(np.argmin(on))  # walk the circle from a point off the hand
+  runs, cur = [], []
+  for k in range(len(t)):
+    i = (start + k) % len(t)
+    if on[i]:
+      cur.append(i)
+    elif cur:
+      runs.append(cur)
+      cur = []
+  if cur:
+    runs.append(cur)
+  runs.sort(key=len)
+  if len(runs) > 1 and len(runs[-1]) < 1.5 * len(runs[-2]):
+    return None
+  mid = runs[-1][len(runs[-1]) // 2]
+  return np.array([np.cos(t[mid]), np.sin(t[mid])])
 
 
 def hand_geometry(image: np.ndarray, *, where: str = "image", region: Optional[HandRegion] = None,
@@ -308,17 +380,23 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
   peaks = _peaks(prof, 1.5 * r, MIN_DROP * r)
   pa = np.array([(p + 0.5) / bins * 2 * np.pi - np.pi for p in peaks])
   if reg.arm is not None:
-    arm = reg.arm
-  else:  # the whole hand is in the frame: the arm is opposite the tallest peaks
+    arms = [reg.arm]
+  else:  # the whole hand is in the view: the arm is opposite the tallest peaks, or else the widest limb
     top = np.argsort(prof[peaks])[-5:] if peaks else []
     if len(top) == 0:
       raise LocalizationError(where, "hand", "no fingers stand out of the palm")
-    arm = -_unit(np.array([np.cos(pa[top]).sum(), np.sin(pa[top]).sum()]))
-  up = -arm
-  rel = np.array([np.arctan2(np.sin(a - np.arctan2(up[1], up[0])), np.cos(a - np.arctan2(up[1], up[0])))
-                  for a in pa])
-  fingers = [(float(rr), p) for rr, p in zip(rel, peaks) if abs(rr) < np.radians(FINGER_SPAN)]
-  fingers.sort()
+    arms = [-_unit(np.array([np.cos(pa[top]).sum(), np.sin(pa[top]).sum()]))]
+    limb = _widest_limb(mask, palm, r)
+    if limb is not None:
+      arms.append(limb)
+  for arm in arms:
+    up = -arm
+    rel = np.array([np.arctan2(np.sin(a - np.arctan2(up[1], up[0])), np.cos(a - np.arctan2(up[1], up[0])))
+                    for a in pa])
+    fingers = [(float(rr), p) for rr, p in zip(rel, peaks) if abs(rr) < np.radians(FINGER_SPAN)]
+    fingers.sort()
+    if len(fingers) >= 5:
+      break
   if len(fingers) < 5:
     raise LocalizationError(where, "fingers", f"found {len(fingers)} fingertip(s), need 5 (fingers touching, "
                             "bent, cut off by the frame, or not a hand)")
@@ -333,6 +411,8 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
     i = int(np.argmax(np.where(sel, d, -1)))
     tips.append([xs[i], ys[i]])
   tips = np.array(tips, np.float64)
+  if reg.gray is not None:
+    tips = np.array([_extend_tip(reg, t) for t in tips])
   # The thumb: the end finger set apart by the wider angular gap and reaching less far up the
   # hand's axis (its tip sits nearer the wrist).
   lift = (tips - palm) @ up / r
