@@ -34,7 +34,7 @@ import os
 from typing import Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from maml_jax.smi.errors import SMIDataError
@@ -140,23 +140,34 @@ def work_image(image: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _film_inside(m: np.ndarray) -> Optional[np.ndarray]:
-  """bool [h, w]: the dark film that the bright region `m` encloses (a light box or a lit frame
-  around the film, the hand inside it), or None when `m` encloses no large dark area."""
-  holes = _largest_component(ndimage.binary_fill_holes(m) & ~m)
+  """bool [h, w]: the dark film that the bright region `m` frames (a light box or a lit frame
+  around the film, the hand inside it), or None when `m` frames no large dark area.
+
+  The frame may be open where the film runs off the image: the image's edge closes it, but then
+  at most FILM_OPEN of the dark area's outline may lie on the image's edge (a hand on a dark
+  background has the background reaching most of the edge).
+  """
+  closed = ndimage.binary_fill_holes(np.pad(m, 1, constant_values=True))[1:-1, 1:-1]
+  holes = _largest_component(closed & ~m)
   if holes.mean() < 0.15:
     return None
-  from scipy.spatial import ConvexHull, Delaunay, QhullError
-  ys, xs = np.nonzero(holes & ~ndimage.binary_erosion(holes))
+  rim = holes & ~ndimage.binary_erosion(holes, border_value=0)
+  on_edge = rim[0].sum() + rim[-1].sum() + rim[1:-1, 0].sum() + rim[1:-1, -1].sum()
+  if on_edge > FILM_OPEN * rim.sum():
+    return None
+  from scipy.spatial import ConvexHull, QhullError
+  ys, xs = np.nonzero(rim)
   try:
     pts = np.stack([xs, ys], 1)[ConvexHull(np.stack([xs, ys], 1)).vertices]
   except QhullError:
     return None
-  gy, gx = np.mgrid[:m.shape[0], :m.shape[1]]
   # The hull, not the hole: the hand (and an arm crossing the film's edge) lies inside the film.
-  film = Delaunay(pts).find_simplex(np.stack([gx.ravel(), gy.ravel()], 1)).reshape(m.shape) >= 0
-  return ndimage.binary_erosion(film, iterations=3)
+  film = Image.new("1", (m.shape[1], m.shape[0]), 0)
+  ImageDraw.Draw(film).polygon([tuple(map(float, p)) for p in pts], fill=1)
+  return ndimage.binary_erosion(np.asarray(film, bool), iterations=3)
 
 
+FILM_OPEN = 0.3  # share of a film's outline that may lie on the image's edge (the film runs off the image)
 MASK_LEVELS = (0.0, 0.3, 0.55)  # thresholds tried, as a fraction of the way from the tissue to the bone level
 
 
@@ -272,7 +283,9 @@ def hand_region(image: np.ndarray, *, where: str = "image", level: float = 0.0) 
   # the mask's opening pulls it a few pixels in from the edge.
   border = field & ~ndimage.binary_erosion(field, iterations=4, border_value=0)
   # The arm is the largest stretch of the hand along that band (a fingertip may touch it too).
-  by, bx = np.nonzero(_largest_component(mask & border))
+  # Opened wide first, so a thin film edge or marker joined to the arm does not pull it aside.
+  wide = ndimage.binary_opening(mask, iterations=4)
+  by, bx = np.nonzero(_largest_component((wide if (wide & border).any() else mask) & border))
   arm = _unit(np.array([bx.mean(), by.mean()]) - palm) if len(bx) >= 6 else None
   return HandRegion(mask, palm, r, arm, s, prof, k, d, np.stack([xs, ys], 1).astype(np.float64), g, field)
 
