@@ -28,7 +28,8 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
 
   Soft tissue (grey) around bones (bright) on a dark film; the arm leaves
   through the bottom edge.  The joints are placed where the shipped shape
-  model puts them relative to their finger's tip and the palm centre, and the
+  model puts them relative to their finger's tip, the palm centre and the
+  knuckle line (the webs between the fingers), and the
   thumb is drawn through its two joints (a real thumb bends towards the
   wrist), so a correct localiser must land on them."""
   rng = np.random.default_rng(seed)
@@ -41,6 +42,15 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
   d.ellipse([cx - 78, cy - 80, cx + 78, cy + 80], fill=120)
   d.rectangle([cx - 48, cy, cx + 48, h], fill=120)
   tips, joints, lines = [], {}, []
+  # The knuckle line's centre, as the localiser defines it: the mean of the three webs between the
+  # four fingers, where two neighbouring finger strokes (24 px wide) part, or the palm's edge.
+  webs = []
+  for a0, a1 in zip(ANGLES[:3], ANGLES[1:4]):
+    half = np.radians(a1 - a0) / 2
+    mid = np.radians(a0) + half
+    dist = max(79.0, 12.0 / np.sin(half))
+    webs.append(palm + dist * np.array([np.sin(mid), -np.cos(mid)]))
+  knuckles = np.mean(webs, 0)
   for k, (a, length) in enumerate(zip(ANGLES, LENGTHS)):
     t = np.radians(a)
     tip = palm + length * np.array([np.sin(t), -np.cos(t)])
@@ -49,7 +59,8 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
       axis = (palm - tip) / length
       n = np.array([-axis[1], axis[0]])
       n = n if n[0] > 0 else -n                    # towards the thumb side (right)
-      ip, mcp = (tip + length * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
+      scale = (length + np.linalg.norm(knuckles - tip)) / 2  # the thumb's scale: see localize.finger_frame
+      ip, mcp = (tip + scale * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
       joints["thumb_ip"], joints["thumb_mcp"] = ip, mcp
       lines.append(([tuple(tip), tuple(ip), tuple(mcp), tuple(mcp + 0.9 * (mcp - ip))], 30))
     else:
@@ -66,7 +77,7 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
     d.line(q, fill=220, width=8, joint="curve")
   for roi, finger in (("middle_dip", 2), ("middle_pip", 2), ("ring_dip", 1), ("ring_pip", 1)):
     tip = tips[finger]
-    joints[roi] = tip + model[roi][0] * (palm - tip)
+    joints[roi] = tip + model[roi][0] * np.linalg.norm(knuckles - tip) * (palm - tip) / np.linalg.norm(palm - tip)
   a = np.asarray(im, np.float64) + rng.normal(0, 3, (h, w))
   return np.clip(a, 0, 255).astype(np.uint8), joints
 

@@ -21,8 +21,10 @@ Steps, on a copy scaled to 256 px on the long side:
      gap to its neighbour and the tip nearer the wrist; middle and ring are the third
      and fourth from it.  A thumb on the image's left, with the fingers up,
      means a right hand (the image is a mirrored view of a left one);
-  6. each joint at `tip + t * (palm - tip) + u * |palm - tip| * normal`, with
-     (t, u) per joint from the shape model.
+  6. each joint at `tip + scale * (t * axis + u * normal)`, axis down the
+     finger, scale the tip's distance from the knuckle line (the centre of
+     the webs between the four fingers; for the thumb, the mean of that and
+     its distance from the palm centre), (t, u) per joint from the shape model.
 A step that cannot be done confidently raises `LocalizationError` naming the
 image and the reason; nothing is guessed.
 """
@@ -68,6 +70,7 @@ class HandGeometry:
     mask: bool [h, w] hand mask at the working scale; work_scale its scale.
     doubt: what was assumed rather than seen ("" when nothing).
     right_score: thumb evidence for a right hand (> THUMB_MARGIN: called right; < -THUMB_MARGIN: left).
+    knuckles: float [2] centre of the three webs between the four fingers (None: not found).
   """
   tips: np.ndarray
   palm: np.ndarray
@@ -78,6 +81,7 @@ class HandGeometry:
   work_scale: float
   doubt: str = ""
   right_score: float = 0.0
+  knuckles: Optional[np.ndarray] = None
 
 
 def load_shape_model(path: str = SHAPE_MODEL_PATH) -> dict[str, np.ndarray]:
@@ -441,10 +445,20 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
     mirrored = hand == "right"
     doubt = (f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
              + (f"taken from --hand {hand}" if hand != "auto" else "assumed a left hand"))
+  # The webs between neighbouring fingers: the outline's lowest point between their peaks.
+  webs = []
+  for (_, p0), (_, p1) in zip(fingers[:-1], fingers[1:]):
+    span = np.arange(p0 + 1, p0 + ((p1 - p0) % BINS)) % BINS
+    vb = int(span[np.argmin(prof[span])]) if len(span) else p0
+    i = int(np.argmax(np.where(k == vb, d, -1)))
+    webs.append([xs[i], ys[i]])
+  webs = np.array(webs, np.float64)
+  # The knuckle line's centre: the three webs between the four fingers (not the thumb's web).
+  knuckles = webs[1:].mean(0) if mirrored else webs[:3].mean(0)
   if not mirrored:
     tips = tips[::-1]
   return HandGeometry((tips + 0.5) / s - 0.5, (palm + 0.5) / s - 0.5, r / s, arm, mirrored, mask, s, doubt,
-                      float(margin))
+                      float(margin), (knuckles + 0.5) / s - 0.5)
 
 
 WHOLE_ROIS = ("whole_hand",)
@@ -471,7 +485,11 @@ def thumb_side(geo: HandGeometry) -> np.ndarray:
 
 
 def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray, float]:
-  """(tip [2], axis [2] unit vector down the finger, length tip->palm) of finger 0..4 (thumb..little).
+  """(tip [2], axis [2] unit vector down the finger, scale) of finger 0..4 (thumb..little).
+
+  The scale is the tip's distance from the knuckle line's centre (for the
+  thumb, the mean of that and its distance from the palm centre; the palm
+  centre alone when the webs were not found).
 
   The axis is the principal direction of the hand mask in a disk of radius
   0.35 x length centred 0.35 of the way from the tip to the palm, so a finger
@@ -481,6 +499,13 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
   tip = geo.tips[finger]
   v = geo.palm - tip
   length = float(np.linalg.norm(v))
+  # The joints are scaled by the tip's distance from the knuckle line, not from the palm centre:
+  # a mask that takes in soft tissue or film below the hand moves the palm centre, not the webs.
+  scale = length
+  if geo.knuckles is not None:
+    scale = float(np.linalg.norm(geo.knuckles - tip))
+    if finger == 0:  # the thumb stands off the knuckle line: halfway between the two scales
+      scale = (length + scale) / 2
   s = geo.work_scale
   c = ((tip + 0.35 * v) + 0.5) * s - 0.5
   rad = 0.35 * length * s
@@ -496,11 +521,11 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
     a = evecs[:, -1]
     if evals[-1] > 2 * evals[0]:  # elongated enough to have a direction
       axis = a if a @ v > 0 else -a
-  return tip, axis, length
+  return tip, axis, scale
 
 
 def joint_position(geo: HandGeometry, finger: int, tu: np.ndarray) -> np.ndarray:
-  """float [2]: tip + t * (palm - tip) + u * |palm - tip| * normal (normal towards the thumb side)."""
+  """float [2]: tip + scale * (t * axis + u * normal) (normal towards the thumb side; see finger_frame)."""
   tip, axis, length = finger_frame(geo, finger)
   n = np.array([-axis[1], axis[0]])
   if float(n @ thumb_side(geo)) < 0:

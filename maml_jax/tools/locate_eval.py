@@ -180,10 +180,12 @@ def main(argv=None) -> int:
       w.writerow(["image_id", "roi", "dist_px_512", "hit", "failure"])
       w.writerows(rows)
   if a.write_model:
-    model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + t * (palm - tip) + "
-                       "u * |palm - tip| * normal (towards the thumb).  Made by maml_jax/tools/locate_eval.py "
+    model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + scale * (t * axis + "
+                       "u * normal), axis down the finger, normal towards the thumb, scale the tip's distance "
+                       "from the knuckle line's centre (the thumb: the mean of that and its distance from the "
+                       "palm centre); see localize.finger_frame.  Made by maml_jax/tools/locate_eval.py "
                        "from expert box coordinates (Koitka et al. 2018, MIT) of "
-                       f"{len(tu)} images, expressed in the frames of the located fingertips and palm."),
+                       f"{len(tu)} images, expressed in the frames of the located fingertips, webs and palm."),
              "num_images": len(tu),
              "joints": {r: [round(float(v), 4) for v in np.median([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS},
              "spread": {r: [round(float(v), 4) for v in np.std([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS}}
