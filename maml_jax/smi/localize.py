@@ -265,6 +265,15 @@ def hand_region(image: np.ndarray, *, where: str = "image", level: float = 0.0) 
   if float(np.percentile(g, 99.5) - np.percentile(g, 0.5)) < 0.05:
     raise LocalizationError(where, "hand", "the image is blank (no contrast)")
   mask, field = hand_mask(g, level)
+  # A thin bright strip joined to the hand and running to the image's edge (a film's edge, a
+  # ruler) is not hand: cut it off where it is narrower than a finger-width opening keeps.
+  thin = mask & ~ndimage.binary_dilation(ndimage.binary_opening(mask, iterations=4), iterations=5)
+  lab, n = ndimage.label(thin)
+  edge_band = np.zeros_like(mask)
+  edge_band[:4], edge_band[-4:], edge_band[:, :4], edge_band[:, -4:] = True, True, True, True
+  touching = np.unique(lab[edge_band & thin])
+  if n and len(touching):
+    mask = _largest_component(mask & ~np.isin(lab, touching[touching > 0]))
   frac = float(mask.mean())
   if not 0.04 <= frac <= 0.85:
     raise LocalizationError(where, "hand", f"no hand-sized bright region (the largest covers {100 * frac:.0f}% "
