@@ -59,7 +59,7 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
       axis = (palm - tip) / length
       n = np.array([-axis[1], axis[0]])
       n = n if n[0] > 0 else -n                    # towards the thumb side (right)
-      scale = (length + np.linalg.norm(knuckles - tip)) / 2  # the thumb's scale: see localize.finger_frame
+      scale = np.linalg.norm(tips[3] - tip)  # the thumb's scale: its tip to the index tip (localize.finger_frame)
       ip, mcp = (tip + scale * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
       joints["thumb_ip"], joints["thumb_mcp"] = ip, mcp
       lines.append(([tuple(tip), tuple(ip), tuple(mcp), tuple(mcp + 0.9 * (mcp - ip))], 30))

@@ -23,8 +23,8 @@ Steps, on a copy scaled to 256 px on the long side:
      means a right hand (the image is a mirrored view of a left one);
   6. each joint at `tip + scale * (t * axis + u * normal)`, axis down the
      finger, scale the tip's distance from the knuckle line (the centre of
-     the webs between the four fingers; for the thumb, the mean of that and
-     its distance from the palm centre), (t, u) per joint from the shape model.
+     the webs between the four fingers; for the thumb, its distance from the
+     index fingertip), (t, u) per joint from the shape model.
 A step that cannot be done confidently raises `LocalizationError` naming the
 image and the reason; nothing is guessed.
 """
@@ -252,6 +252,7 @@ OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
 FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
 RAGGED = 110  # outline perimeter^2 / area above which a region is speckle, not a hand (hands: 20-80)
+MIN_REACH = 1.3  # a fingertip lies at least this many palm radii from the palm centre
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
 
@@ -403,7 +404,7 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
   mask, palm, r, s, prof, k, d = reg.mask, reg.palm, reg.radius, reg.scale, reg.profile, reg.bin_of, reg.dist
   xs, ys = reg.xy[:, 0], reg.xy[:, 1]
   bins = BINS
-  peaks = _peaks(prof, 1.5 * r, MIN_DROP * r)
+  peaks = _peaks(prof, MIN_REACH * r, MIN_DROP * r)
   pa = np.array([(p + 0.5) / bins * 2 * np.pi - np.pi for p in peaks])
   if reg.arm is not None:
     arms = [reg.arm]
@@ -497,8 +498,8 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
   """(tip [2], axis [2] unit vector down the finger, scale) of finger 0..4 (thumb..little).
 
   The scale is the tip's distance from the knuckle line's centre (for the
-  thumb, the mean of that and its distance from the palm centre; the palm
-  centre alone when the webs were not found).
+  thumb, the distance from its tip to the index finger's tip; the distance
+  from the palm centre when the webs were not found).
 
   The axis is the principal direction of the hand mask in a disk of radius
   0.35 x length centred 0.35 of the way from the tip to the palm, so a finger
@@ -513,8 +514,8 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
   scale = length
   if geo.knuckles is not None:
     scale = float(np.linalg.norm(geo.knuckles - tip))
-    if finger == 0:  # the thumb stands off the knuckle line: halfway between the two scales
-      scale = (length + scale) / 2
+    if finger == 0:  # the thumb stands off the knuckle line: its distance from the index tip
+      scale = float(np.linalg.norm(geo.tips[1] - tip))
   s = geo.work_scale
   c = ((tip + 0.35 * v) + 0.5) * s - 0.5
   rad = 0.35 * length * s

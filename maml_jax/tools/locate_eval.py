@@ -182,8 +182,8 @@ def main(argv=None) -> int:
   if a.write_model:
     model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + scale * (t * axis + "
                        "u * normal), axis down the finger, normal towards the thumb, scale the tip's distance "
-                       "from the knuckle line's centre (the thumb: the mean of that and its distance from the "
-                       "palm centre); see localize.finger_frame.  Made by maml_jax/tools/locate_eval.py "
+                       "from the knuckle line's centre (the thumb: its distance from the index fingertip); "
+                       "see localize.finger_frame.  Made by maml_jax/tools/locate_eval.py "
                        "from expert box coordinates (Koitka et al. 2018, MIT) of "
                        f"{len(tu)} images, expressed in the frames of the located fingertips, webs and palm."),
              "num_images": len(tu),
