@@ -252,6 +252,7 @@ OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
 FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
 RAGGED = 110  # outline perimeter^2 / area above which a region is speckle, not a hand (hands: 20-80)
+THUMB_MIDLINE = 0.4  # the thumb's axis: its midline out to this share of its scale from the tip
 MIN_REACH = 1.3  # a fingertip lies at least this many palm radii from the palm centre
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
@@ -503,8 +504,10 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
 
   The axis is the principal direction of the hand mask in a disk of radius
   0.35 x length centred 0.35 of the way from the tip to the palm, so a finger
-  that does not point at the palm centre (the thumb) keeps its own line.  (The
-  disk's size was chosen among four on the boxed images' held-out figures.)
+  that does not point at the palm centre keeps its own line.  (The disk's
+  size was chosen among four on the boxed images' held-out figures.)  The
+  thumb's axis then follows its midline (`_midline_axis`) out to
+  THUMB_MIDLINE x scale, as the disk can take in the palm beside it.
   """
   tip = geo.tips[finger]
   v = geo.palm - tip
@@ -531,7 +534,48 @@ def finger_frame(geo: HandGeometry, finger: int) -> tuple[np.ndarray, np.ndarray
     a = evecs[:, -1]
     if evals[-1] > 2 * evals[0]:  # elongated enough to have a direction
       axis = a if a @ v > 0 else -a
+  if finger == 0:  # the thumb leaves the palm at an angle: follow its own midline
+    axis = _midline_axis(geo.mask, (tip + 0.5) * s - 0.5, axis, THUMB_MIDLINE * scale * s)
   return tip, axis, scale
+
+
+def _midline_axis(mask: np.ndarray, tip: np.ndarray, axis: np.ndarray, reach: float) -> np.ndarray:
+  """float [2] unit vector: the direction of a finger's midline from `tip` (work pixels).
+
+  Cross-sections of the mask perpendicular to `axis` are taken every pixel out to `reach`; the
+  centre of the run through each is a midline point, until the run widens to twice the finger's
+  width (the palm).  A line through the midline points gives the direction.
+  """
+  n = np.array([-axis[1], axis[0]])
+  h, w = mask.shape
+  across = np.arange(-reach / 2, reach / 2 + 0.5, 0.5)
+  mids, widths = [], []
+  for d in np.arange(2.0, reach, 1.0):
+    c = tip + d * axis
+    pts = c[None] + across[:, None] * n
+    xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+    ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    on = np.zeros(len(across), bool)
+    on[ok] = mask[yi[ok], xi[ok]]
+    k0 = int(np.argmin(np.abs(across)))
+    if not on[k0]:
+      break
+    lo, hi = k0, k0
+    while lo > 0 and on[lo - 1]:
+      lo -= 1
+    while hi < len(on) - 1 and on[hi + 1]:
+      hi += 1
+    width = (hi - lo) * 0.5
+    if widths and width > 2 * np.median(widths) and len(widths) >= 4:
+      break
+    widths.append(width)
+    mids.append(c + (across[lo] + across[hi]) / 2 * n)
+  if len(mids) < 4:
+    return axis
+  pts = np.array([tip] + mids)
+  evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(0)).T))
+  a = evecs[:, -1]
+  return a if a @ axis > 0 else -a
 
 
 def joint_position(geo: HandGeometry, finger: int, tu: np.ndarray) -> np.ndarray:
