@@ -16,7 +16,9 @@ Steps, on a copy scaled to 256 px on the long side:
   3. the arm: where the mask leaves the image (or, for a hand wholly inside
      the frame, opposite the fingers);
   4. fingertips: peaks of the mask's outline distance from the palm centre,
-     in the half-plane away from the arm; five are needed;
+     in the half-plane away from the arm; five are needed; each is followed
+     out along its finger while the image stays brighter than midway between
+     film and soft tissue; the webs between fingers give the knuckle centre;
   5. fingers by geometry: the thumb is the end finger with the wider angular
      gap to its neighbour and the tip nearer the wrist; middle and ring are the third
      and fourth from it.  A thumb on the image's left, with the fingers up,
