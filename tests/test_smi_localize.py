@@ -112,6 +112,29 @@ def test_hand_on_a_film_framed_by_a_light_box():
   check(image, {r: c + np.array([70, 90]) for r, c in joints.items()})
 
 
+def test_hand_on_a_film_running_off_a_light_box_image():
+  # SYNTHETIC: the light box frames the film on three sides; the film (and the arm) run off the
+  # image's lower edge.
+  film, joints = draw_hand(seed=3)
+  image = np.full((602, 660), 200, np.uint8)
+  image[90:602, 70:582] = film
+  check(image, {r: c + np.array([70, 90]) for r, c in joints.items()})
+
+
+def test_thin_strip_joined_to_the_arm_is_not_the_arm():
+  # SYNTHETIC: the whole hand inside a dark frame (the forearm ends short of the edge), and a
+  # bright film edge, 16 px wide (6 at the working scale), joined to the forearm and running to
+  # the image's left edge.
+  hand, joints = draw_hand(seed=4)
+  image = np.full((700, 600), 20, np.uint8)
+  image[40:552, 44:556] = hand
+  image[520:552] = 20  # the forearm ends inside the frame
+  im = Image.fromarray(image)
+  ImageDraw.Draw(im).line([(0, 420), (300, 515)], fill=120, width=16)
+  found = check(np.asarray(im), {r: c + np.array([44, 40]) for r, c in joints.items()})
+  assert found.geometry.arm[1] > 0.9, found.geometry.arm  # down the frame, not along the strip
+
+
 def test_right_hand_is_detected_and_named_as_a_left_one():
   image, joints = draw_hand(seed=2)
   w = image.shape[1]
