@@ -15,7 +15,8 @@ centre contains the expert box's centre.
 Boxes to fingers: DIP boxes (4: fingers 2-5), PIP boxes (5: thumb IP and
 fingers 2-5) and MCP boxes (5) are each ordered by their angle about the wrist
 box's centre, from the little finger to the thumb (the thumb is the end whose
-PIP-row box, its IP joint, lies farther from every DIP box).  Coordinates are scaled from the annotated size to the copy's.
+PIP-row box, its IP joint, lies farther from every DIP box).  Coordinates are
+scaled from the annotated size to the copy's.
 
 `--write-model` writes the median over ALL boxed images (what ships); the numbers
 it contains come from the box coordinates expressed in the frames of the
