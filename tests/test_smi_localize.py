@@ -28,7 +28,8 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
 
   Soft tissue (grey) around bones (bright) on a dark film; the arm leaves
   through the bottom edge.  The joints are placed where the shipped shape
-  model puts them relative to their finger's tip and the palm centre, and the
+  model puts them relative to their finger's tip, the palm centre and the
+  knuckle line (the webs between the fingers), and the
   thumb is drawn through its two joints (a real thumb bends towards the
   wrist), so a correct localiser must land on them."""
   rng = np.random.default_rng(seed)
@@ -41,6 +42,15 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
   d.ellipse([cx - 78, cy - 80, cx + 78, cy + 80], fill=120)
   d.rectangle([cx - 48, cy, cx + 48, h], fill=120)
   tips, joints, lines = [], {}, []
+  # The knuckle line's centre, as the localiser defines it: the mean of the three webs between the
+  # four fingers, where two neighbouring finger strokes (24 px wide) part, or the palm's edge.
+  webs = []
+  for a0, a1 in zip(ANGLES[:3], ANGLES[1:4]):
+    half = np.radians(a1 - a0) / 2
+    mid = np.radians(a0) + half
+    dist = max(79.0, 12.0 / np.sin(half))
+    webs.append(palm + dist * np.array([np.sin(mid), -np.cos(mid)]))
+  knuckles = np.mean(webs, 0)
   for k, (a, length) in enumerate(zip(ANGLES, LENGTHS)):
     t = np.radians(a)
     tip = palm + length * np.array([np.sin(t), -np.cos(t)])
@@ -49,7 +59,8 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
       axis = (palm - tip) / length
       n = np.array([-axis[1], axis[0]])
       n = n if n[0] > 0 else -n                    # towards the thumb side (right)
-      ip, mcp = (tip + length * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
+      scale = np.linalg.norm(tips[3] - tip)  # the thumb's scale: its tip to the index tip (localize.finger_frame)
+      ip, mcp = (tip + scale * (model[r][0] * axis + model[r][1] * n) for r in ("thumb_ip", "thumb_mcp"))
       joints["thumb_ip"], joints["thumb_mcp"] = ip, mcp
       lines.append(([tuple(tip), tuple(ip), tuple(mcp), tuple(mcp + 0.9 * (mcp - ip))], 30))
     else:
@@ -66,7 +77,7 @@ def draw_hand(seed=0, size=(512, 512), centre=(256, 300)):
     d.line(q, fill=220, width=8, joint="curve")
   for roi, finger in (("middle_dip", 2), ("middle_pip", 2), ("ring_dip", 1), ("ring_pip", 1)):
     tip = tips[finger]
-    joints[roi] = tip + model[roi][0] * (palm - tip)
+    joints[roi] = tip + model[roi][0] * np.linalg.norm(knuckles - tip) * (palm - tip) / np.linalg.norm(palm - tip)
   a = np.asarray(im, np.float64) + rng.normal(0, 3, (h, w))
   return np.clip(a, 0, 255).astype(np.uint8), joints
 
@@ -90,6 +101,38 @@ def test_synthetic_hand_joints_are_found():
 def test_shifted_hand_in_a_non_square_frame():
   image, joints = draw_hand(seed=1, size=(700, 600), centre=(420, 390))
   check(image, joints)
+
+
+def test_hand_on_a_film_framed_by_a_light_box():
+  # SYNTHETIC: the drawn film (dark, the hand on it) held in a bright light box that frames it on
+  # every side; the arm runs to the film's lower edge.  The hand is found inside the film.
+  film, joints = draw_hand(seed=2)
+  image = np.full((700, 660), 200, np.uint8)
+  image[90:602, 70:582] = film
+  check(image, {r: c + np.array([70, 90]) for r, c in joints.items()})
+
+
+def test_hand_on_a_film_running_off_a_light_box_image():
+  # SYNTHETIC: the light box frames the film on three sides; the film (and the arm) run off the
+  # image's lower edge.
+  film, joints = draw_hand(seed=3)
+  image = np.full((602, 660), 200, np.uint8)
+  image[90:602, 70:582] = film
+  check(image, {r: c + np.array([70, 90]) for r, c in joints.items()})
+
+
+def test_thin_strip_joined_to_the_arm_is_not_the_arm():
+  # SYNTHETIC: the whole hand inside a dark frame (the forearm ends short of the edge), and a
+  # bright film edge, 16 px wide (6 at the working scale), joined to the forearm and running to
+  # the image's left edge.
+  hand, joints = draw_hand(seed=4)
+  image = np.full((700, 600), 20, np.uint8)
+  image[40:552, 44:556] = hand
+  image[520:552] = 20  # the forearm ends inside the frame
+  im = Image.fromarray(image)
+  ImageDraw.Draw(im).line([(0, 420), (300, 515)], fill=120, width=16)
+  found = check(np.asarray(im), {r: c + np.array([44, 40]) for r, c in joints.items()})
+  assert found.geometry.arm[1] > 0.9, found.geometry.arm  # down the frame, not along the strip
 
 
 def test_right_hand_is_detected_and_named_as_a_left_one():

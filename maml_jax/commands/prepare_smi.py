@@ -77,7 +77,7 @@ examples:
   p.add_argument("--synthetic", action="store_true",
                  help="mark the shards as synthetic (automatic when the image folder has SYNTHETIC.txt, "
                       "as `make-smi-demo --images` writes)")
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (and --preview) folder")
   p.set_defaults(func=main)
   return p
 
@@ -90,8 +90,9 @@ def main(args) -> int:
 
   if args.shard_size < 1:
     raise SMIDataError(f"--shard-size must be >= 1, got {args.shard_size}")
-  if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-    raise SMIDataError(f"{args.out}: the output folder exists and is not empty (pass --overwrite to replace it)")
+  for folder in (args.out, args.preview):
+    if folder and os.path.isdir(folder) and os.listdir(folder) and not args.overwrite:
+      raise SMIDataError(f"{folder}: the output folder exists and is not empty (pass --overwrite to replace it)")
   ages = None
   if args.age_boundaries:
     try:
@@ -114,7 +115,8 @@ def main(args) -> int:
     prepare.write_side_tables(tmp, summary)
   if args.preview:
     from maml_jax.smi import preview
-    sheet = preview.write_previews(args.preview, args.images, summary, count=args.preview_count)
+    sheet = preview.write_previews(args.preview, args.images, summary, count=args.preview_count,
+                                   overwrite=args.overwrite)
     print(f"wrote previews to {args.preview} (contact sheet {sheet})")
   print(f"wrote {args.out}: {shards.describe(data)}")
   scheme = data.label_scheme

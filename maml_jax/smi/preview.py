@@ -52,10 +52,16 @@ def _png(im: Image.Image) -> bytes:
   return buf.getvalue()
 
 
-def write_previews(folder: str, images_dir: str, summary, count: int = 24, seed: int = 0) -> str:
-  """Writes overlays for `count` located images (an even sample) and every excluded one; returns
-  the contact sheet's path."""
-  os.makedirs(folder, exist_ok=True)
+def write_previews(folder: str, images_dir: str, summary, count: int = 24, overwrite: bool = False) -> str:
+  """Writes overlays for `count` located images (an even sample) and every excluded one into
+  `folder` (which appears complete or not at all; a non-empty one is replaced only with
+  `overwrite`); returns the contact sheet's path."""
+  with files.atomic_dir(folder, overwrite=overwrite) as tmp:
+    _write(tmp, images_dir, summary, count)
+  return os.path.join(folder, "contact_sheet.png")
+
+
+def _write(folder: str, images_dir: str, summary, count: int) -> None:
   by_image: dict[str, list] = {}
   for image_id, roi, x, y, _ in summary.found:
     by_image.setdefault(image_id, []).append((roi, x, y))
@@ -84,6 +90,4 @@ def write_previews(folder: str, images_dir: str, summary, count: int = 24, seed:
     t = t.copy()
     t.thumbnail((TILE, TILE))
     sheet.paste(t, ((n % cols) * TILE, (n // cols) * TILE))
-  path = os.path.join(folder, "contact_sheet.png")
-  files.write_bytes(path, _png(sheet))
-  return path
+  files.write_bytes(os.path.join(folder, "contact_sheet.png"), _png(sheet))

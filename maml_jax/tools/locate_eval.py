@@ -14,8 +14,9 @@ centre contains the expert box's centre.
 
 Boxes to fingers: DIP boxes (4: fingers 2-5), PIP boxes (5: thumb IP and
 fingers 2-5) and MCP boxes (5) are each ordered by their angle about the wrist
-box's centre, from the little finger to the thumb (the thumb is the end nearer
-the radius box).  Coordinates are scaled from the annotated size to the copy's.
+box's centre, from the little finger to the thumb (the thumb is the end whose
+PIP-row box, its IP joint, lies farther from every DIP box).  Coordinates are
+scaled from the annotated size to the copy's.
 
 `--write-model` writes the median over ALL boxed images (what ships); the numbers
 it contains come from the box coordinates expressed in the frames of the
@@ -62,7 +63,6 @@ def read_boxes(path: str, images_dir: str) -> dict[str, dict[str, np.ndarray]]:
 def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """{roi: float [2]} for the six ROIs, fingers assigned by angle about the wrist box."""
   wrist = boxes["Wrist"][0]
-  radius = boxes["Radius"][0]
   out = {}
   ordered = {}
   for label, n in EXPECT.items():
@@ -72,9 +72,12 @@ def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ang = np.arctan2(c[:, 1] - wrist[1], c[:, 0] - wrist[0])
     order = np.argsort(ang)  # increasing angle; which end is the thumb is decided below
     ordered[label] = c[order]
-  # The thumb end: the MCP end nearer the radius box.
-  m = ordered["MCP"]
-  flip = np.linalg.norm(m[-1] - radius) < np.linalg.norm(m[0] - radius)
+  # The thumb end: the thumb has no distal (DIP) box, so its IP box (the PIP end) stands far from
+  # every DIP box while the little finger's PIP box has its DIP box just beyond it.  (Nearness to
+  # the radius box, used before, picks the wrong end when the thumb is spread wide: 2 of 46 images.)
+  p = ordered["PIP"]
+  near_dip = [float(np.min(np.linalg.norm(boxes["DIP"] - p[k], axis=1))) for k in (0, -1)]
+  flip = near_dip[1] > near_dip[0]
   for label in ordered:
     if flip:
       ordered[label] = ordered[label][::-1]
@@ -84,6 +87,24 @@ def expert_centres(boxes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+def transformed(image: np.ndarray, quarter_turns: int, mirror: bool):
+  """The image mirrored (left-right) then turned counter-clockwise, and the matching map of
+  (x, y) points: a robustness check on the same expert boxes."""
+  h, w = image.shape
+  out = image[:, ::-1] if mirror else image
+
+  def move(xy):
+    x, y = float(xy[0]), float(xy[1])
+    if mirror:
+      x = w - 1 - x
+    hh, ww = h, w
+    for _ in range(quarter_turns):  # np.rot90: (x, y) -> (y, W - 1 - x), and W, H swap
+      x, y = y, ww - 1 - x
+      hh, ww = ww, hh
+    return np.array([x, y])
+  return np.ascontiguousarray(np.rot90(out, quarter_turns)), move
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--boxes", required=True)
@@ -91,16 +112,19 @@ def main(argv=None) -> int:
   ap.add_argument("--folds", type=int, default=46, help="k-fold by image (default: leave one image out)")
   ap.add_argument("--write-model", metavar="JSON")
   ap.add_argument("--per-image", metavar="CSV", help="write each image's distances and hits")
+  ap.add_argument("--rotate", type=int, choices=(0, 1, 2, 3), default=0,
+                  help="turn every image (and its boxes) by this many quarter turns counter-clockwise")
+  ap.add_argument("--mirror", action="store_true", help="mirror every image (and its boxes) left to right")
   ap.add_argument("--hand", choices=loc.HANDS, default="auto", help="as prepare-smi's --hand (default auto)")
   a = ap.parse_args(argv)
   boxes = read_boxes(a.boxes, a.images)
   ids = sorted(boxes)
   geos, truth, tu, failed = {}, {}, {}, {}
   for i in ids:
-    image = imio.read_gray(os.path.join(a.images, i + ".png"))
-    truth[i] = expert_centres(boxes[i])
+    image, move = transformed(imio.read_gray(os.path.join(a.images, i + ".png")), a.rotate, a.mirror)
+    truth[i] = {r: move(c) for r, c in expert_centres(boxes[i]).items()}
     try:
-      geos[i] = loc.hand_geometry(image, where=i)
+      geos[i] = loc.hand_geometry(image, where=i, hand=a.hand)
     except loc.LocalizationError as e:
       failed[i] = str(e)
       continue
@@ -111,7 +135,7 @@ def main(argv=None) -> int:
   rows = []
   rejected = {}
   for i in ids:
-    image = imio.read_gray(os.path.join(a.images, i + ".png"))
+    image, _ = transformed(imio.read_gray(os.path.join(a.images, i + ".png")), a.rotate, a.mirror)
     fit = imio.square_fit(image.shape)
     held_out = {r: np.median([tu[j][r] for j in tu if fold[j] != fold[i]], 0) for r in loc.JOINT_ROIS}
     if i not in failed:
@@ -157,10 +181,12 @@ def main(argv=None) -> int:
       w.writerow(["image_id", "roi", "dist_px_512", "hit", "failure"])
       w.writerows(rows)
   if a.write_model:
-    model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + t * (palm - tip) + "
-                       "u * |palm - tip| * normal (towards the thumb).  Made by maml_jax/tools/locate_eval.py "
+    model = {"about": ("Median (t, u) of each ROI in its finger's frame: centre = tip + scale * (t * axis + "
+                       "u * normal), axis down the finger, normal towards the thumb, scale the tip's distance "
+                       "from the knuckle line's centre (the thumb: its distance from the index fingertip); "
+                       "see localize.finger_frame.  Made by maml_jax/tools/locate_eval.py "
                        "from expert box coordinates (Koitka et al. 2018, MIT) of "
-                       f"{len(tu)} images, expressed in the frames of the located fingertips and palm."),
+                       f"{len(tu)} images, expressed in the frames of the located fingertips, webs and palm."),
              "num_images": len(tu),
              "joints": {r: [round(float(v), 4) for v in np.median([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS},
              "spread": {r: [round(float(v), 4) for v in np.std([tu[j][r] for j in tu], 0)] for r in loc.JOINT_ROIS}}
