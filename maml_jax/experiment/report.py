@@ -192,7 +192,14 @@ def write(out_dir: str) -> list[str]:
           "init); `Meta` = second-order MAML (pre-trained: head meta-learned on frozen features); `FOMAML` = "
           "first-order MAML; `ANIL` = only the head adapts in the inner loop; `NCM (cosine)` = nearest class "
           "mean; `Linear probe` = L2-regularised logistic regression (NCM and probe on frozen features: "
-          "pretrained, or a randomly initialised scratch network's).", ""]
+          "pretrained, or a randomly initialised scratch network's); `Fine-tune meta init` = the Meta column's "
+          "initialisation trained on the support set with base learning's optimiser and step count; `Meta on "
+          "X-ray tasks` = a head meta-learned on tasks of hand-radiograph crops (finer bone-age bins) from "
+          "patients set aside for it (`xray-split.json`), never scored.", "",
+          "Labelled data each column uses besides the support set: Base, NCM, Linear probe: none (the "
+          "pre-trained ones: ImageNet, through the frozen weights).  Meta, FOMAML, ANIL, Fine-tune meta init: "
+          "the meta-dataset's meta-train classes (and ImageNet for pre-trained).  Meta on X-ray tasks: ImageNet "
+          "and the bone ages of the set-aside patients' radiographs.", ""]
   results_path = os.path.join(out_dir, "results.json")
   files.write_json(results_path, _jsonable(results))
   report_path = os.path.join(out_dir, "report.md")
