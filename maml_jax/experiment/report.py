@@ -19,7 +19,7 @@ SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** The SMI numbers below come from ge
                     "drawings (`maml_jax.smi.synthetic`), not from hand X-rays: they show that the "
                     "pipeline runs and say nothing about clinical accuracy.")
 TITLES = {"metadataset": "Table 2: the meta-dataset's unseen classes (5-way)",
-          "smi": "Table 3: skeletal maturity, {rois} ({ways} classes)"}
+          "smi": "Table 3: {stages}, {rois} ({ways} classes)"}
 BASELINES = ("base", "ncm", "linprobe", "finetune")   # learn from the support set (finetune: from the meta init)
 
 
@@ -28,7 +28,9 @@ def title(dataset: str, settings: dict) -> str:
     return TITLES[dataset]
   names = settings.get("roi_names") or []
   rois = ("whole hand, one view" if len(names) == 1 else f"{len(names)}-ROI majority vote") if names else "ROI vote"
-  return TITLES["smi"].format(rois=rois, ways=settings.get("ways", 5))
+  # Stages cut from bone age are not the paper's skeletal-maturity (SMI) stages: say which.
+  stages = "bone-age stages" if "bone-age" in str(settings.get("data", "")) else "skeletal maturity"
+  return TITLES["smi"].format(stages=stages, rois=rois, ways=settings.get("ways", 5))
 
 
 def _jsonable(x):
