@@ -186,7 +186,7 @@ def test_table_writer_by_hand():
   assert lines[1] == "| ---: | --- | --- | --- | --- | --- |"
   # mean 60.0, sd 10.0, n 3: t(0.975, 2) = 4.3027 -> half-width 24.8
   assert lines[2] == "| 5 | 60.0 ± 24.8 | – | – | – | 30.0 ± 24.8 |"
-  assert lines[3] == "| 20 | – | – | – | 81.2 | – |"
+  assert lines[3] == "| 20 | – | – | – | 81.2 (n=1) | – |"       # fewer repeats than the fullest cell: said
   # The paper's numbers (other networks, other data) sit in rows of their own, never inside our cells.
   assert lines[4] == "| paper, 5 | *51.9* | *27.3* | *73.3* | *53.3* |  |"
   assert lines[5] == "| paper, 20 | *69.3* | *35.9* | *81.9* | *80.0* |  |"

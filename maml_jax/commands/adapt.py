@@ -32,7 +32,8 @@ examples:
   python run.py adapt --workdir runs/paper --data smi_shards/ --shots 20 --save smi_model/
   python run.py adapt --workdir runs/omniglot --dataset omniglot --shots 1
 """)
-  p.add_argument("--workdir", required=True, metavar="W", help="folder holding a meta-trained model (from `meta-train`)")
+  p.add_argument("--workdir", default="runs/default", metavar="W",
+                 help="folder holding a meta-trained model (default runs/default, where `meta-train` puts it)")
   p.add_argument("--dataset", choices=("smi", "omniglot", "meta-test"), default="smi",
                  help="smi: skeletal maturity from ROI shards (default); omniglot: Omniglot's unseen "
                       "test classes; meta-test: the test classes of the data set the model was trained on")

@@ -146,7 +146,8 @@ def _fingerprint(crops: np.ndarray) -> str:
   return f"{crops.shape}-{h.hexdigest()[:16]}"
 
 
-def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str, progress: bool = True) -> np.ndarray:
+def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str,
+             progress: bool = True) -> np.ndarray:
   """Features float32 [N, D] of uint8 crops [N, H, W, 1], computed once and cached
   as `<cache_dir>/<backbone>-<tag>.npy` (recomputed when the crops change)."""
   from maml_jax.pretrained.imagenet_check import batched_apply

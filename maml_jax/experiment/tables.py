@@ -76,7 +76,8 @@ def accuracy_table(summary: dict, dataset: str, shots: Optional[Sequence[int]] =
                    paper_rows: bool = True) -> str:
   """Markdown: the paper's four columns, then one column per further method.
 
-  Rows are shot counts; every cell is 'mean ± 95% CI' in percent.  The paper's
+  Rows are shot counts; every cell is 'mean ± 95% CI' in percent, with
+  "(n=K)" where it has fewer repeats than the table's fullest cell.  The paper's
   numbers follow in rows of their own ("paper, K shots"): they were measured
   with the paper's networks on the paper's data (`paper.PAPER_NETWORKS`), so
   they are not set beside ours as if the columns were the same network.
@@ -86,8 +87,12 @@ def accuracy_table(summary: dict, dataset: str, shots: Optional[Sequence[int]] =
   columns = paper.column_order(list(paper.PAPER_COLUMNS) + _columns(summary))
   lines = [_row(["shots"] + [paper.column_label(m, b) for m, b in columns]),
            _row(["---:"] + ["---"] * len(columns))]
+  most = max((v["n"] for v in summary["accuracy"].values()), default=0)
+
+  def counted(stat):   # cells with fewer repeats than the table's most say how many they have
+    return cell(stat) + (f" (n={stat['n']})" if stat is not None and stat["n"] < most else "")
   for k in shots:
-    lines.append(_row([str(k)] + [cell(summary["accuracy"].get((m, b, k))) for m, b in columns]))
+    lines.append(_row([str(k)] + [counted(summary["accuracy"].get((m, b, k))) for m, b in columns]))
   for k in shots if paper_rows else ():
     if k in refs:
       lines.append(_row([f"paper, {k}"] + [f"*{refs[k][(m, b)]:.1f}*" if (m, b) in refs[k] else ""

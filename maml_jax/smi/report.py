@@ -219,8 +219,10 @@ def smi_summary(metrics: dict) -> str:
     best = max(comp["columns"].values(), key=lambda e: e["mean"])
     meta = comp["columns"].get("meta/scratch")
     if meta is not None and meta["mean"] - meta["ci95"] <= comp["chance"]:
-      out.append(f"  note: the meta-learned result is not above chance on these trials"
-                 + ("; this model was not meta-trained on images like these" if meta is not best else ""))
+      out.append("  note: the meta-learned result is not above chance on these trials"
+                 + ("; this model was not meta-trained on images like these" if meta is not best else "")
+                 + ".\n  A model meta-learned on tasks of hand radiographs: `run.py experiment --table 3,4 --data "
+                 "SHARDS --xray-meta 0.5` (docs/smi-results.md)")
   return "\n".join(out)
 
 
