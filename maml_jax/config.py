@@ -103,7 +103,7 @@ class Config:
 
   def validate(self) -> "Config":
     """Returns self, or raises ConfigError listing every setting that cannot be valid."""
-    from data.metadataset import DATASETS   # (lazy: neither imports the config)
+    from maml_jax.data.metadataset import DATASETS   # (lazy: neither imports the config)
     from maml_jax.models import MODELS
     problems = []
     if self.ways < 2: problems.append(f"ways={self.ways} must be >= 2")

@@ -85,9 +85,8 @@ def _sharded_grad(model, cfg: Config, mesh):
 def make_train_step(model, cfg: Config, mesh):
   """The jitted meta-train step; `state` is donated.
 
-  A step whose loss, gradient norm or update is not finite changes nothing but
-  the step counter, which becomes -(that step) and stays so: see
-  `failed_step`.  metrics: {"loss", "accuracy", ..., "grad_norm", "finite"}.
+  After a step whose loss or gradient norm is not finite the step counter is
+  -(that step) and stays so (`failed_step`); the host stops before saving.  metrics: {"loss", "accuracy", ..., "grad_norm", "finite"}.
   """
   grad_fn = _sharded_grad(model, cfg, mesh)
 
@@ -99,16 +98,15 @@ def make_train_step(model, cfg: Config, mesh):
     updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
     grad_norm = optax.tree.norm(grads)
-    # Non-finite loss, gradient or update: the step is skipped and the state
-    # frozen with its step counter set to -(failing step), which the host reads
-    # at its next sync (log or checkpoint), so no NaN is ever saved and the
-    # failing step is known exactly.  Three scalar checks: free next to the step.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-    ok = finite & (state.step >= 0)
-    new = TrainState(state.step + 1, meta_params, opt_state)
-    old = TrainState(jnp.where(state.step >= 0, -(state.step + 1), state.step), state.meta_params, state.opt_state)
+    # A non-finite loss or gradient norm turns the step counter into -(that
+    # step) for good.  The host reads the counter at every sync (log, validation,
+    # checkpoint) before it evaluates or saves anything, so the run stops there
+    # with the last good checkpoint on disk and no NaN is ever saved.  Only
+    # scalars are checked and selected: the parameters are not copied.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    counter = jnp.where(state.step < 0, state.step, jnp.where(finite, state.step + 1, -(state.step + 1)))
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite)
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old), metrics
+    return TrainState(counter, meta_params, opt_state), metrics
 
   return step
 

@@ -25,6 +25,24 @@ jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A workdir holding the tiny configuration's initial (0-step) checkpoint,
+  5-way: an untrained but fixed network for the adaptation tests."""
+  from maml_jax import checkpoints
+  from maml_jax.config import get_preset
+  from maml_jax.models import model_for
+  from maml_jax.train_step import init_state
+  wd = str(tmp_path_factory.mktemp("run"))
+  cfg = get_preset("tiny").replace(ways=5)
+  checkpoints.check_or_write_config(wd, cfg)
+  state = init_state(model_for(cfg), cfg, jax.random.key(0), (cfg.image_size, cfg.image_size, cfg.channels))
+  ck = checkpoints.Checkpoints(wd, 1)
+  ck.save(state)
+  ck.close()
+  return wd
+
+
 @pytest.fixture
 def x64():
   """Runs the test with `jax_enable_x64` on (float64 arrays, float64 tracing)."""

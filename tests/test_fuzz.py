@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from maml_jax.data.errors import DataError
 from maml_jax.errors import UserError
 
 # orbax leaves a coroutine un-awaited when a damaged checkpoint fails to restore

@@ -5,17 +5,14 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from maml_jax import checkpoints
 from maml_jax.cli import main
 from maml_jax.config import get_preset
 from maml_jax.models import build_model
 from maml_jax import learner
 from maml_jax.smi import demo_images, experiment, predictor, shards, synthetic
-from maml_jax.train_step import init_state
 
 COUNTS = (12, 12, 10, 10, 10)
 
@@ -24,20 +21,6 @@ def parse(module, argv):
   """A command line for `cli.main` (the real dispatch); `module` names the command."""
   assert argv[0] == module
   return argv
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A workdir holding the tiny configuration's initial (0-step) checkpoint, 5-way."""
-  wd = str(tmp_path_factory.mktemp("run"))
-  cfg = get_preset("tiny").replace(ways=5)
-  checkpoints.check_or_write_config(wd, cfg)
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
-  state = init_state(model, cfg, jax.random.key(0), (cfg.image_size, cfg.image_size, cfg.channels))
-  ck = checkpoints.Checkpoints(wd, 1)
-  ck.save(state)
-  ck.close()
-  return wd
 
 
 @pytest.fixture(scope="module")

@@ -4,37 +4,18 @@ baselines and messages."""
 import argparse
 import json
 
-import jax
 import numpy as np
 import pytest
 
-from maml_jax import checkpoints
 from maml_jax.commands import adapt
-from maml_jax.config import get_preset
 from maml_jax.experiment import grid, runner, sources, store, xray_tasks
 from maml_jax.experiment.backbones import NetSpec
 from maml_jax.experiment.meta_runs import LeakError
 from maml_jax.experiment.store import SettingsMismatchError
-from maml_jax.models import build_model
 from maml_jax import learner
 from maml_jax.smi import experiment, shards, synthetic, voting
-from maml_jax.train_step import init_state
 
 COUNTS = (9, 9, 8, 8, 8)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """The tiny configuration's initial checkpoint, 5-way (an untrained but fixed network)."""
-  wd = str(tmp_path_factory.mktemp("run"))
-  cfg = get_preset("tiny").replace(ways=5)
-  checkpoints.check_or_write_config(wd, cfg)
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
-  state = init_state(model, cfg, jax.random.key(0), (cfg.image_size, cfg.image_size, cfg.channels))
-  ck = checkpoints.Checkpoints(wd, 1)
-  ck.save(state)
-  ck.close()
-  return wd
 
 
 @pytest.fixture(scope="module")
