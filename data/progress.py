@@ -46,8 +46,8 @@ class LogProgress:
     if self.total:
       self._next = initial + LOG_FRACTION * self.total
     if not disable:
-      of = f" of {self.total:g} {unit}" if self.total else ""
-      self._write(f"{self.desc}: started{of}" + (f" (resuming at {initial:g})" if initial else ""))
+      of = f" ({self.total:g} {unit})" if self.total else ""
+      self._write(f"{self.desc}: started{of}" + (f", resuming at {initial:g}" if initial else ""))
 
   def _write(self, line: str) -> None:
     print(line, file=self.stream, flush=True)

@@ -23,7 +23,7 @@ def test_iterating_and_disabling(monkeypatch, capsys):
   monkeypatch.setattr(pg, "is_terminal", lambda: False)
   assert list(pg.progress(range(8), desc="episodes")) == list(range(8))
   err = capsys.readouterr().err
-  assert err.splitlines()[0] == "episodes: started of 8 it" and "8/8 it" in err.splitlines()[-1]
+  assert err.splitlines()[0] == "episodes: started (8 it)" and "8/8 it" in err.splitlines()[-1]
   assert list(pg.progress(range(3), disable=True)) == [0, 1, 2]
   assert capsys.readouterr().err == ""
 
