@@ -55,8 +55,19 @@ class Config:
   inner_steps: int = _f(1, "inner SGD steps during meta-training")
   eval_inner_steps: int = _f(3, "inner SGD steps during validation, test and adaptation")
   inner_lr: float = _f(0.4, "inner learning rate (initial value when learned)")
-  learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and step (Meta-SGD/MAML++)")
+  learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and inner step "
+                            "(MAML++'s per-layer per-step rates, LSLR)")
+  inner_lr_per_element: bool = _f(False, "learn one inner learning rate per parameter element, shared by the "
+                                  "inner steps (Meta-SGD); excludes --learn-inner-lr")
   first_order: bool = _f(False, "first-order MAML: no gradient through the inner gradients")
+  first_order_until: int = _f(0, "derivative-order annealing (MAML++): first order for meta-batches before "
+                              "this one, second order from it on (0 = off)")
+  multi_step_loss: bool = _f(False, "multi-step loss (MAML++): weighted sum of the query losses after every "
+                             "inner step, the weights annealed towards the last step over --msl-epochs")
+  msl_epochs: int = _f(1000, "meta-batches over which the multi-step loss weights anneal to the last step "
+                       "(the last step alone after them)")
+  per_step_bn: bool = _f(False, "per-step batch-norm scale and shift (MAML++): each inner step has its own; "
+                         "statistics are always the current batch's")
   remat: bool = _f(False, "recompute each inner step in the backward pass (less memory, more compute)")
   inner_unroll: int = _f(0, "inner steps per scan iteration when meta-training: 0 = auto (all, up to 8, "
                          "without remat; else 1)")
@@ -117,6 +128,11 @@ class Config:
     if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
+    if self.learn_inner_lr and self.inner_lr_per_element:
+      problems.append("learn_inner_lr (per-layer per-step) and inner_lr_per_element (per-element) exclude "
+                      "each other")
+    if self.first_order_until < 0: problems.append(f"first_order_until={self.first_order_until} must be >= 0")
+    if self.msl_epochs < 1: problems.append(f"msl_epochs={self.msl_epochs} must be >= 1")
     if self.model not in MODELS: problems.append(f"model={self.model!r} is not one of {', '.join(MODELS)}")
     bad = [n for n in self.dataset.split("+") if n not in DATASETS]
     # "features": precomputed backbone features (the experiment grid's pretrained heads).
