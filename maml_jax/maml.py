@@ -105,7 +105,7 @@ def msl_weights(cfg: Config, steps: int, meta_step) -> jax.Array:
   the last step alone (plain MAML's loss).
   """
   s = steps
-  t = jnp.asarray(meta_step, jnp.float32)
+  t = jnp.asarray(meta_step).astype(jnp.result_type(float))   # float64 under x64
   n = float(max(cfg.msl_epochs, 1))
   floor = 0.03 / s
   early = jnp.maximum(1.0 / s - t / (s * n), floor) * jnp.ones((s - 1,))
