@@ -40,6 +40,10 @@ class Config:
   image_size: int = _f(28, "images are brought to image_size x image_size")
   channels: int = _f(1, "1 (grayscale) or 3 (RGB)")
   split_seed: int = _f(1, "seed of the class-level meta-train/val/test split")
+  split: str = _f("standard", "Omniglot split: standard (1200 characters of both zips for meta-training, the "
+                  "rest for test) or lake (meta-train and validate on images_background only, test on "
+                  "images_evaluation)")
+  within_alphabet: bool = _f(False, "Omniglot: draw each episode's characters from one alphabet")
   on_device_data: bool = _f(True, "keep the meta-training images on the accelerator and draw episodes there")
   # episodes
   ways: int = _f(5, "classes per task (N-way)")
@@ -128,6 +132,9 @@ class Config:
     if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
+    if self.split not in ("standard", "lake"): problems.append(f"split={self.split!r} is not standard or lake")
+    if (self.split == "lake" or self.within_alphabet) and self.dataset != "omniglot":
+      problems.append("split=lake and within_alphabet apply to dataset=omniglot only")
     if self.learn_inner_lr and self.inner_lr_per_element:
       problems.append("learn_inner_lr (per-layer per-step) and inner_lr_per_element (per-element) exclude "
                       "each other")
@@ -181,6 +188,10 @@ PRESETS: dict[str, Config] = {
     "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),
     "omniglot-20w1s": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
                                         eval_inner_steps=5),
+    # Lake et al.'s one-shot protocol: 20-way 1-shot, background alphabets for
+    # meta-training, evaluation alphabets for test, episodes within one alphabet.
+    "omniglot-20w1s-lake": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
+                                             eval_inner_steps=5, split="lake", within_alphabet=True),
     "omniglot-20w5s": _OMNIGLOT.replace(ways=20, shots=5, queries=5, tasks=16, inner_steps=5,
                                         inner_lr=0.1, eval_inner_steps=5),
     # The paper's settings (Min & Kang 2018) on CIFAR-100 + Tiny ImageNet at the
