@@ -179,7 +179,7 @@ PRESETS: dict[str, Config] = {
     # The default job: Omniglot 5-way 1-shot sized for minutes on a CPU.  On a
     # fixed time budget, many small meta-batches (8 tasks, 5 queries per class)
     # beat fewer large ones: a task costs the same either way, and more updates
-    # learn faster.  Learned per-tensor inner learning rates (Meta-SGD) speed up
+    # learn faster.  Learned per-tensor per-step inner learning rates (MAML++'s LSLR) speed up
     # the start further.  (Measurements: docs/results.md.)
     "default": _OMNIGLOT.replace(steps=5000, tasks=8, queries=5, learn_inner_lr=True, meta_lr=3e-3,
                                  lr_schedule="cosine", val_every=250, val_episodes=200,
