@@ -26,6 +26,9 @@ class ClassImages:
   class_count: np.ndarray     # int32 [num_classes]
   class_names: tuple[str, ...] = ()
   synthetic: bool = False
+  # int32 [num_classes] or None: a group id per class (Omniglot's alphabets);
+  # when set, the episode sampler draws each episode's classes from one group.
+  class_groups: np.ndarray | None = None
 
   def __post_init__(self):
     if not ((self.images.dtype == np.uint8 and self.images.ndim == 4)
@@ -34,6 +37,8 @@ class ClassImages:
                        f"{self.images.dtype} {self.images.shape}")
     if len(self.class_start) != len(self.class_count):
       raise ValueError("class_start and class_count differ in length")
+    if self.class_groups is not None and len(self.class_groups) != len(self.class_count):
+      raise ValueError("class_groups and class_count differ in length")
     if len(self.class_count) and int(np.max(self.class_start + self.class_count)) > len(self.images):
       raise ValueError("a class runs past the end of `images`")
 

@@ -12,6 +12,7 @@ source files' sizes and modification times, so later runs decode nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -187,3 +188,46 @@ def standard_split(data: ClassImages, seed: int = 1, train: int = 1200, val: int
   return {"train": rotations(data.subset(perm[:train - val])),
           "val": data.subset(perm[train - val:train]),
           "test": data.subset(perm[train:])}
+
+
+def alphabet(name: str) -> str:
+  """The group of an Omniglot class name '<part>/<Alphabet>/<characterNN>[@rotN]':
+  '<part>/<Alphabet>[@rotN]' (a rotated alphabet is a group of its own, so an
+  episode's characters share one alphabet and one rotation)."""
+  base, _, rot = name.partition("@")
+  group = "/".join(base.split("/")[:2])
+  return f"{group}@{rot}" if rot else group
+
+
+def with_alphabets(data: ClassImages) -> ClassImages:
+  """`data` with `class_groups` set to each class's alphabet (`alphabet`), so
+  that episodes are drawn within one alphabet (`--within-alphabet`)."""
+  if not data.class_names:
+    raise OmniglotError("Omniglot: within-alphabet episodes need class names ('<part>/<Alphabet>/<char>')")
+  keys = [alphabet(n) for n in data.class_names]
+  ids = {k: i for i, k in enumerate(sorted(set(keys)))}
+  return dataclasses.replace(data, class_groups=np.array([ids[k] for k in keys], np.int32))
+
+
+def lake_split(data: ClassImages, seed: int = 1, val_alphabets: int = 5):
+  """Lake et al.'s protocol: meta-train and validate on `images_background`
+  only, meta-test on `images_evaluation`.  Validation holds out
+  `val_alphabets` whole background alphabets (a seeded choice), so validation
+  characters, like test ones, come from alphabets never trained on.
+  Meta-training characters get their rotations as extra classes.
+
+  Returns: {"train", "val", "test"}: ClassImages.
+  """
+  parts = np.array([n.split("/", 1)[0] for n in data.class_names])
+  background = np.flatnonzero(parts == PARTS[0])
+  evaluation = np.flatnonzero(parts == PARTS[1])
+  if not len(background) or not len(evaluation):
+    raise OmniglotError(f"Omniglot: the lake split needs classes from both {PARTS[0]} and {PARTS[1]}")
+  names = sorted({alphabet(data.class_names[c]) for c in background})
+  if len(names) <= val_alphabets:
+    raise OmniglotError(f"Omniglot: the lake split holds out {val_alphabets} background alphabets for "
+                        f"validation; only {len(names)} exist")
+  held = {names[i] for i in np.random.default_rng(seed).permutation(len(names))[:val_alphabets]}
+  val = [c for c in background if alphabet(data.class_names[c]) in held]
+  train = [c for c in background if alphabet(data.class_names[c]) not in held]
+  return {"train": rotations(data.subset(train)), "val": data.subset(val), "test": data.subset(evaluation)}

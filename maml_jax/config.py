@@ -40,6 +40,10 @@ class Config:
   image_size: int = _f(28, "images are brought to image_size x image_size")
   channels: int = _f(1, "1 (grayscale) or 3 (RGB)")
   split_seed: int = _f(1, "seed of the class-level meta-train/val/test split")
+  split: str = _f("standard", "Omniglot split: standard (1200 characters of both zips for meta-training, the "
+                  "rest for test) or lake (meta-train and validate on images_background only, test on "
+                  "images_evaluation)")
+  within_alphabet: bool = _f(False, "Omniglot: draw each episode's characters from one alphabet")
   on_device_data: bool = _f(True, "keep the meta-training images on the accelerator and draw episodes there")
   # episodes
   ways: int = _f(5, "classes per task (N-way)")
@@ -55,8 +59,19 @@ class Config:
   inner_steps: int = _f(1, "inner SGD steps during meta-training")
   eval_inner_steps: int = _f(3, "inner SGD steps during validation, test and adaptation")
   inner_lr: float = _f(0.4, "inner learning rate (initial value when learned)")
-  learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and step (Meta-SGD/MAML++)")
+  learn_inner_lr: bool = _f(False, "learn one inner learning rate per parameter tensor and inner step "
+                            "(MAML++'s per-layer per-step rates, LSLR)")
+  inner_lr_per_element: bool = _f(False, "learn one inner learning rate per parameter element, shared by the "
+                                  "inner steps (Meta-SGD); excludes --learn-inner-lr")
   first_order: bool = _f(False, "first-order MAML: no gradient through the inner gradients")
+  first_order_until: int = _f(0, "derivative-order annealing (MAML++): first order for meta-batches before "
+                              "this one, second order from it on (0 = off)")
+  multi_step_loss: bool = _f(False, "multi-step loss (MAML++): weighted sum of the query losses after every "
+                             "inner step, the weights annealed towards the last step over --msl-epochs")
+  msl_epochs: int = _f(1000, "meta-batches over which the multi-step loss weights anneal to the last step "
+                       "(the last step alone after them)")
+  per_step_bn: bool = _f(False, "per-step batch-norm scale and shift (MAML++): each inner step has its own; "
+                         "statistics are always the current batch's")
   remat: bool = _f(False, "recompute each inner step in the backward pass (less memory, more compute)")
   inner_unroll: int = _f(0, "inner steps per scan iteration when meta-training: 0 = auto (all, up to 8, "
                          "without remat; else 1)")
@@ -117,6 +132,14 @@ class Config:
     if self.conv_impl not in ("auto", "gemm", "xla"): problems.append(f"conv_impl={self.conv_impl!r}")
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
+    if self.split not in ("standard", "lake"): problems.append(f"split={self.split!r} is not standard or lake")
+    if (self.split == "lake" or self.within_alphabet) and self.dataset != "omniglot":
+      problems.append("split=lake and within_alphabet apply to dataset=omniglot only")
+    if self.learn_inner_lr and self.inner_lr_per_element:
+      problems.append("learn_inner_lr (per-layer per-step) and inner_lr_per_element (per-element) exclude "
+                      "each other")
+    if self.first_order_until < 0: problems.append(f"first_order_until={self.first_order_until} must be >= 0")
+    if self.msl_epochs < 1: problems.append(f"msl_epochs={self.msl_epochs} must be >= 1")
     if self.model not in MODELS: problems.append(f"model={self.model!r} is not one of {', '.join(MODELS)}")
     bad = [n for n in self.dataset.split("+") if n not in DATASETS]
     # "features": precomputed backbone features (the experiment grid's pretrained heads).
@@ -156,7 +179,7 @@ PRESETS: dict[str, Config] = {
     # The default job: Omniglot 5-way 1-shot sized for minutes on a CPU.  On a
     # fixed time budget, many small meta-batches (8 tasks, 5 queries per class)
     # beat fewer large ones: a task costs the same either way, and more updates
-    # learn faster.  Learned per-tensor inner learning rates (Meta-SGD) speed up
+    # learn faster.  Learned per-tensor per-step inner learning rates (MAML++'s LSLR) speed up
     # the start further.  (Measurements: docs/results.md.)
     "default": _OMNIGLOT.replace(steps=5000, tasks=8, queries=5, learn_inner_lr=True, meta_lr=3e-3,
                                  lr_schedule="cosine", val_every=250, val_episodes=200,
@@ -165,6 +188,10 @@ PRESETS: dict[str, Config] = {
     "omniglot-5w5s": _OMNIGLOT.replace(shots=5, queries=5),
     "omniglot-20w1s": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
                                         eval_inner_steps=5),
+    # Lake et al.'s one-shot protocol: 20-way 1-shot, background alphabets for
+    # meta-training, evaluation alphabets for test, episodes within one alphabet.
+    "omniglot-20w1s-lake": _OMNIGLOT.replace(ways=20, queries=1, tasks=16, inner_steps=5, inner_lr=0.1,
+                                             eval_inner_steps=5, split="lake", within_alphabet=True),
     "omniglot-20w5s": _OMNIGLOT.replace(ways=20, shots=5, queries=5, tasks=16, inner_steps=5,
                                         inner_lr=0.1, eval_inner_steps=5),
     # The paper's settings (Min & Kang 2018) on CIFAR-100 + Tiny ImageNet at the

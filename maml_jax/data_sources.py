@@ -1,7 +1,9 @@
 """Meta-train / validation / test class sets for a configuration.
 
 `load_splits(cfg, workdir)` dispatches on `cfg.dataset`:
-- "omniglot": the standard split of `data/omniglot` (see `data.omniglot`);
+- "omniglot": the standard split of `data/omniglot` (see `data.omniglot`), or
+  Lake's background/evaluation split (`split="lake"`); with `within_alphabet`
+  the classes carry their alphabet, so episodes are drawn within one;
 - "synthetic": a small generated set of labelled-synthetic classes (tests,
   benchmarks, demos), made on the fly from `cfg.seed`;
 - a '+'-joined subset of cifar100, tinyimagenet, omniglot, folder: the
@@ -35,10 +37,14 @@ def synthetic_classes(num_classes: int, per_class: int, size: int, channels: int
 def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImages]:
   """{"train", "val", "test"}: ClassImages for the configuration's dataset."""
   if cfg.dataset == "omniglot":
-    from maml_jax.data.omniglot import load_omniglot, standard_split
+    from maml_jax.data.omniglot import lake_split, load_omniglot, standard_split, with_alphabets
     if cfg.channels != 1:
       raise UserError("Omniglot is grayscale: use --channels 1")
-    return standard_split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
+    split = lake_split if cfg.split == "lake" else standard_split
+    splits = split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
+    if cfg.within_alphabet:
+      splits = {k: with_alphabets(v) for k, v in splits.items()}
+    return splits
   if cfg.dataset == "synthetic":
     n = max(3 * cfg.ways, 12)
     per = max(cfg.shots + max(cfg.queries, cfg.eval_queries), 20)

@@ -8,6 +8,10 @@ with `jax.random` from `fold_in(key(seed), i)`, so a resumed run, a host-side
 gather from a memory-mapped cache and an on-device gather all see the same
 episodes.  Arrays lead with the task axis: `[tasks, ways*shots, H, W, C]`,
 class-major (the first `shots` rows are class 0 of the episode).
+
+A set with `class_groups` (Omniglot's alphabets, `--within-alphabet`) has each
+episode's classes drawn from one group: a group chosen uniformly among those
+with at least `ways` classes, then `ways` distinct classes of it.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ class EpisodeIndices(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("tasks", "ways", "shots", "queries", "max_count"))
-def episode_indices(key, class_start, class_count, *, tasks, ways, shots, queries, max_count):
+def episode_indices(key, class_start, class_count, *, tasks, ways, shots, queries, max_count, groups=None,
+                    group_ok=None):
   """Draws the rows of `tasks` episodes.
 
   Per task: `ways` distinct classes in random order (so labels are shuffled per
@@ -48,6 +53,9 @@ def episode_indices(key, class_start, class_count, *, tasks, ways, shots, querie
     class_start, class_count: int32 [num_classes].
     max_count: static bound on `class_count` (the random keys are drawn at that
       width and masked, which keeps every class size on one compiled path).
+    groups: optional int32 [num_classes], each class's group; with it,
+      group_ok: float32 [num_groups], 1 where a group has >= `ways` classes.
+      Each task's classes then come from one eligible group.
   Returns:
     EpisodeIndices.
   """
@@ -55,7 +63,13 @@ def episode_indices(key, class_start, class_count, *, tasks, ways, shots, querie
 
   def one(k):
     kc, ki = jax.random.split(k)
-    classes = jax.random.choice(kc, num_classes, (ways,), replace=False)
+    if groups is None:
+      classes = jax.random.choice(kc, num_classes, (ways,), replace=False)
+    else:   # one eligible group, then `ways` distinct classes of it (zero weight elsewhere)
+      kg, kc = jax.random.split(kc)
+      g = jax.random.choice(kg, group_ok.shape[0], p=group_ok / group_ok.sum())
+      member = (groups == g).astype(jnp.float32)
+      classes = jax.random.choice(kc, num_classes, (ways,), replace=False, p=member / member.sum())
     u = jax.random.uniform(ki, (ways, max_count))
     u = jnp.where(jnp.arange(max_count)[None] < class_count[classes][:, None], u, 2.0)
     pick = jnp.argsort(u, axis=1)[:, :shots + queries]            # [ways, shots+queries]
@@ -89,6 +103,14 @@ class EpisodeSampler:
                        f"(shots+queries) are needed ({len(short)} such classes)")
     if data.num_classes < ways:
       raise ValueError(f"{ways}-way episodes need {ways} classes; the set has {data.num_classes}")
+    self._groups = self._group_ok = None
+    if data.class_groups is not None:
+      sizes = np.bincount(data.class_groups)
+      if not (sizes >= ways).any():
+        raise ValueError(f"{ways}-way episodes within one group (alphabet) need a group of {ways} classes; "
+                         f"the largest has {int(sizes.max())}")
+      self._groups = jnp.asarray(data.class_groups, jnp.int32)
+      self._group_ok = jnp.asarray(sizes >= ways, jnp.float32)
     self.data, self.seed, self.on_device = data, seed, on_device
     self.shape = dict(tasks=tasks, ways=ways, shots=shots, queries=queries,
                       max_count=int(data.class_count.max()))
@@ -100,7 +122,8 @@ class EpisodeSampler:
 
   def indices(self, i: int) -> EpisodeIndices:
     key = jax.random.fold_in(jax.random.key(self.seed), i)
-    return episode_indices(key, self._start, self._count, **self.shape)
+    return episode_indices(key, self._start, self._count, **self.shape, groups=self._groups,
+                           group_ok=self._group_ok)
 
   def __call__(self, i: int) -> Episodes:
     idx = self.indices(i)

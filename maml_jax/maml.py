@@ -1,9 +1,17 @@
 """Second-order MAML as pure functions over pytrees.
 
 Meta-parameters are `{"model": params, "lr": lrs}`: the network's
-initialisation and, when the inner learning rate is learned (Meta-SGD /
-MAML++), one rate per parameter tensor and inner step (`lrs` leaves of shape
-[inner_steps]); otherwise `"lr"` is an empty dict and `config.inner_lr` is used.
+initialisation and, when the inner learning rate is learned, either MAML++'s
+per-layer per-step rates (LSLR, `learn_inner_lr`: `lrs` leaves of shape
+[inner_steps]) or Meta-SGD's per-element rates (`inner_lr_per_element`: leaves
+of shape [1, *param.shape], the same rate at every step); otherwise `"lr"` is
+an empty dict and `config.inner_lr` is used.
+
+MAML++ options (docs/maml-plus-plus.md): `per_step_bn` gives every batch-norm
+scale and shift a leading inner-step axis [L, C] (L = max(inner_steps, 1)); the
+forward passes of inner step k (and the query pass after it) use slice
+min(k, L-1).  `multi_step_loss` weights the query loss after every inner step
+(`msl_weights`).
 
 The inner loop is one `lax.scan` of SGD steps on the support loss; the
 meta-gradient is `jax.grad` through it (second order).  `first_order` stops
@@ -53,13 +61,57 @@ def inner_mask(params: PyTree, cfg: Config) -> PyTree:
   return jax.tree.map(lambda keep, n: keep and (cfg.adapt_bn or "/bn/" not in f"/{n}/"), m, names)
 
 
+def is_bn(name: str) -> bool:
+  """Whether a parameter path names a batch-norm scale or shift."""
+  return "/bn/" in f"/{name}/"
+
+
+def bn_steps(cfg: Config) -> int:
+  """Length L of the per-step batch-norm axis (MAML++'s per-step scale/shift)."""
+  return max(cfg.inner_steps, 1)
+
+
+def params_at_step(params: PyTree, cfg: Config, k) -> PyTree:
+  """The network's parameters for inner step `k` (int or traced int32 []):
+  with `per_step_bn`, each batch-norm leaf [L, C] becomes its slice
+  min(k, L-1) [C]; otherwise `params` unchanged."""
+  if not cfg.per_step_bn:
+    return params
+  return jax.tree.map(lambda w, n: w[jnp.minimum(k, w.shape[0] - 1)] if is_bn(n) else w,
+                      params, path_names(params))
+
+
 def init_meta_params(model, cfg: Config, key, image_shape) -> PyTree:
   """Initial meta-parameters for images of `image_shape` (H, W, C)."""
   params = model.init(key, jnp.zeros((2,) + tuple(image_shape), jnp.float32))["params"]
+  if cfg.per_step_bn:   # every inner step starts from the same scale and shift
+    params = jax.tree.map(lambda w, n: jnp.broadcast_to(w, (bn_steps(cfg),) + w.shape) if is_bn(n) else w,
+                          params, path_names(params))
   lr = {}
-  if cfg.learn_inner_lr:
+  if cfg.learn_inner_lr:        # MAML++'s LSLR: one rate per tensor and step
     lr = jax.tree.map(lambda _: jnp.full((max(cfg.inner_steps, 1),), cfg.inner_lr, jnp.float32), params)
+  elif cfg.inner_lr_per_element:  # Meta-SGD: one rate per element, shared by the steps
+    lr = jax.tree.map(lambda w: jnp.full((1,) + w.shape, cfg.inner_lr, jnp.float32), params)
   return {"model": params, "lr": lr}
+
+
+def msl_weights(cfg: Config, steps: int, meta_step) -> jax.Array:
+  """MAML++'s multi-step loss weights [steps] at meta-batch `meta_step` (int32 []).
+
+  Antoniou et al.'s schedule (`get_per_step_loss_importance_vector`, with
+  meta-batches in place of epochs): uniform 1/S at the start; each non-final
+  weight falls by t/(S*N) down to a floor of 0.03/S and the last rises by
+  t(S-1)/(S*N) up to 1 - (S-1)*0.03/S, N = `msl_epochs`.  From meta-batch N on,
+  the last step alone (plain MAML's loss).
+  """
+  s = steps
+  t = jnp.asarray(meta_step).astype(jnp.result_type(float))   # float64 under x64
+  n = float(max(cfg.msl_epochs, 1))
+  floor = 0.03 / s
+  early = jnp.maximum(1.0 / s - t / (s * n), floor) * jnp.ones((s - 1,))
+  last = jnp.minimum(1.0 / s + t * (s - 1) / (s * n), 1.0 - (s - 1) * floor)
+  w = jnp.concatenate([early, last[None]])
+  return jnp.where(t < n, w, jax.nn.one_hot(s - 1, s))
 
 
 def step_lrs(meta_params: PyTree, cfg: Config, steps: int) -> PyTree:
@@ -103,7 +155,8 @@ def query_logits(model, params, support_x, query_x, query_bn: str = "batch"):
 
 # ------------------------------------------------------------------ inner loop
 
-def adapt(meta_params, x, y, *, model, cfg: Config, steps: int, unroll: int = 1):
+def adapt(meta_params, x, y, *, model, cfg: Config, steps: int, unroll: int = 1, query=None,
+          first_order: bool | None = None, return_stacked: bool = False):
   """Adapts the initialisation to one task's support set.
 
   Args:
@@ -111,27 +164,47 @@ def adapt(meta_params, x, y, *, model, cfg: Config, steps: int, unroll: int = 1)
     x: float32 [n, H, W, C] support images; y: int32 [n] labels.
     steps: inner SGD steps (0 returns the initialisation unchanged).
     unroll: inner steps per scan iteration (`inner_unroll`).
+    query: optional (qx [m, H, W, C], qy int32 [m]): also return the query
+      loss after every step (the multi-step loss).
+    first_order: overrides `cfg.first_order` (derivative-order annealing).
+    return_stacked: keep per-step batch-norm leaves stacked [L, C].
   Returns:
-    (adapted params, support losses [steps] before each step).
+    (adapted params, support losses [steps] before each step), plus the query
+    losses [steps] after each step when `query` is given.  With `per_step_bn`
+    the params are those of the last step (BN slice min(steps-1, L-1)), shaped
+    like the network's own, unless `return_stacked`.
   """
   params = meta_params["model"]
   mask = inner_mask(params, cfg)
+  first_order = cfg.first_order if first_order is None else first_order
 
-  def support_loss(p):
-    return cross_entropy(_apply(model, p, x), y)
+  def support_loss(p, k):
+    return cross_entropy(_apply(model, params_at_step(p, cfg, k), x), y)
 
-  def step(p, lrs):
-    loss, g = jax.value_and_grad(support_loss)(p)
-    if cfg.first_order:
+  def step(p, xs):
+    lrs, k = xs
+    loss, g = jax.value_and_grad(support_loss)(p, k)
+    if first_order:
       g = lax.stop_gradient(g)
     p = jax.tree.map(lambda w, gw, lr, m: w - lr * gw if m else w, p, g, lrs, mask)
-    return p, loss
+    if query is None:
+      return p, loss
+    logits = query_logits(model, params_at_step(p, cfg, k), x, query[0], cfg.query_bn)
+    return p, (loss, cross_entropy(logits, query[1]))
 
   if cfg.remat:
     step = jax.checkpoint(step)
   if steps == 0:
-    return params, jnp.zeros((0,), jnp.float32)
-  return lax.scan(step, params, step_lrs(meta_params, cfg, steps), unroll=max(1, min(unroll, steps)))
+    out = (params, jnp.zeros((0,), jnp.float32))
+  else:
+    xs = (step_lrs(meta_params, cfg, steps), jnp.arange(steps, dtype=jnp.int32))
+    out = lax.scan(step, params, xs, unroll=max(1, min(unroll, steps)))
+  p, losses = out
+  if not return_stacked:
+    p = params_at_step(p, cfg, max(steps - 1, 0))
+  if query is not None:
+    return (p,) + tuple(losses) if steps else (p, losses, losses)
+  return p, losses
 
 
 def inner_unroll(cfg: Config, steps: int) -> int:
@@ -149,12 +222,24 @@ def inner_unroll(cfg: Config, steps: int) -> int:
   return steps if not cfg.remat and steps <= 8 else 1
 
 
-def task_loss(meta_params, sx, sy, qx, qy, *, model, cfg: Config, steps: int, unroll: int = 1):
-  """Query loss of one task after adaptation, and its metrics."""
-  params, support_losses = adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps, unroll=unroll)
+def task_loss(meta_params, sx, sy, qx, qy, *, model, cfg: Config, steps: int, unroll: int = 1,
+              step_weights=None, first_order: bool | None = None):
+  """Query loss of one task after adaptation, and its metrics.
+
+  `step_weights` [steps] (the multi-step loss): the loss is the weighted sum
+  of the query losses after each inner step; metrics stay those of the last.
+  """
+  if step_weights is not None and steps:
+    params, support_losses, query_losses = adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps,
+                                                 unroll=unroll, query=(qx, qy), first_order=first_order)
+  else:
+    params, support_losses = adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps, unroll=unroll,
+                                   first_order=first_order)
   logits = query_logits(model, params, sx, qx, cfg.query_bn)
-  loss = cross_entropy(logits, qy)
-  return loss, {"loss": loss, "accuracy": accuracy(logits, qy),
+  loss = final = cross_entropy(logits, qy)
+  if step_weights is not None and steps:
+    loss = jnp.sum(step_weights * query_losses)
+  return loss, {"loss": final, "accuracy": accuracy(logits, qy),
                 "support_loss": support_losses[0] if steps else loss}
 
 
@@ -173,13 +258,21 @@ def map_tasks(fn: Callable, batch: Episodes, how: str):
   return lax.map(lambda t: fn(*t), tuple(batch))
 
 
-def meta_loss(meta_params, batch: Episodes, *, model, cfg: Config, steps: int | None = None):
+def meta_loss(meta_params, batch: Episodes, *, model, cfg: Config, steps: int | None = None,
+              meta_step=None, first_order: bool | None = None):
   """Mean query loss over the tasks of a meta-batch (the paper sums; the mean
-  only rescales the gradient, which Adam undoes), and mean metrics."""
+  only rescales the gradient, which Adam undoes), and mean metrics.
+
+  `meta_step` (int32 [], the meta-batch index) sets the multi-step loss
+  weights when `multi_step_loss` is on; `first_order` overrides the config's.
+  """
   steps = cfg.inner_steps if steps is None else steps
   unroll = inner_unroll(cfg, steps)   # the path that is differentiated
+  weights = None
+  if cfg.multi_step_loss and steps:
+    weights = msl_weights(cfg, steps, 0 if meta_step is None else meta_step)
   fn = lambda sx, sy, qx, qy: task_loss(meta_params, sx, sy, qx, qy, model=model, cfg=cfg, steps=steps,
-                                        unroll=unroll)
+                                        unroll=unroll, step_weights=weights, first_order=first_order)
   losses, metrics = map_tasks(fn, batch, cfg.task_map)
   return losses.mean(), jax.tree.map(jnp.mean, metrics)
 

@@ -74,12 +74,26 @@ def init_state(model, cfg: Config, key, image_shape) -> TrainState:
 
 
 def _sharded_grad(model, cfg: Config, mesh):
-  """(meta_params, batch) -> (loss, metrics, grads), averaged over all tasks."""
-  def local(meta_params, batch):
-    (loss, metrics), grads = jax.value_and_grad(maml.meta_loss, has_aux=True)(
-        meta_params, batch, model=model, cfg=cfg)
-    return jax.lax.pmean((loss, metrics, grads), AXIS)
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+  """(meta_params, batch, meta_step) -> (loss, metrics, grads), averaged over all tasks.
+
+  With `first_order_until` N, both derivative orders are compiled into the one
+  step and `lax.cond` on the traced meta-batch index runs one of them: the
+  first-order phase costs what first order costs, the switch needs no host
+  sync or second program, and a resumed run picks the order from its restored
+  counter.
+  """
+  def grads(first_order):
+    return lambda meta_params, batch, meta_step: jax.value_and_grad(maml.meta_loss, has_aux=True)(
+        meta_params, batch, model=model, cfg=cfg, meta_step=meta_step, first_order=first_order)
+
+  def local(meta_params, batch, meta_step):
+    if cfg.first_order_until > 0 and not cfg.first_order:
+      (loss, metrics), g = jax.lax.cond(meta_step < cfg.first_order_until, grads(True), grads(False),
+                                        meta_params, batch, meta_step)
+    else:
+      (loss, metrics), g = grads(None)(meta_params, batch, meta_step)
+    return jax.lax.pmean((loss, metrics, g), AXIS)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
 
 
 def make_train_step(model, cfg: Config, mesh):
@@ -93,7 +107,8 @@ def make_train_step(model, cfg: Config, mesh):
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state: TrainState, batch: Episodes):
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
-    loss, metrics, grads = grad_fn(state.meta_params, batch)
+    # The meta-batch index (the counter is -(failed step) after a failure).
+    loss, metrics, grads = grad_fn(state.meta_params, batch, jnp.abs(state.step))
     tx = make_optimizer(cfg, state.meta_params)
     updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
