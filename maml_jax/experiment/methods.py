@@ -102,8 +102,10 @@ def fine_tune_predictor(learner, ways: int, inputs: Callable) -> Predictor:
   """The meta-learned initialisation trained on the support set with base
   learning's full-batch Adam, `base_learning.TRAIN_STEPS` steps (no learned
   inner rates, no meta-learned step count); queries read with the support
-  set's batch-norm statistics and the first `ways` outputs."""
-  model, params0 = learner.model, learner.meta_params["model"]
+  set's batch-norm statistics and the first `ways` outputs.  With per-step
+  batch norm (MAML++) it starts from the first inner step's scale and shift."""
+  from maml_jax import maml
+  model, params0 = learner.model, maml.params_at_step(learner.meta_params["model"], learner.config, 0)
 
   def fine_tune(t, key):
     sx, y = inputs(t.support), np.asarray(t.support_y, np.int32)
