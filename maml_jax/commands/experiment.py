@@ -201,7 +201,7 @@ def main(args) -> int:
   try:
     s = settings_from_args(args)
   except ValueError as e:
-    print(f"experiment: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     return 2
   datasets = list(dict.fromkeys(paper.TABLE_DATASET[t] for t in args.table))
   command = "python run.py experiment " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[2:]))
@@ -213,7 +213,7 @@ def main(args) -> int:
     try:
       r = runner.execute(s, dataset, command=command)
     except _user_errors() as e:
-      print(f"experiment (table {'2' if dataset == 'metadataset' else '3/4'}): {e}", file=sys.stderr)
+      print(f"error: table {'2' if dataset == 'metadataset' else '3/4'}: {e}", file=sys.stderr)
       return 2
     print(f"{dataset}: {r['cells']} new cells in {r['seconds']:.0f} s")
   print(f"wrote {s.out}/report.md (tables, plots, results.json beside it)")
