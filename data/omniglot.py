@@ -75,19 +75,31 @@ def _list(source: str) -> list[tuple[str, str]]:
   return out
 
 
+def decode_drawing(raw: bytes, size: int) -> np.ndarray:
+  """One drawing as the reader stores it: uint8 [size, size], ink = 255.
+
+  `raw` is an image file's bytes in Omniglot's form (dark ink on a white
+  background, any size; the release's are 105x105 1-bit PNGs): gray, resized
+  by Lanczos, inverted.  The one home of Omniglot's pixel preprocessing (the
+  reader and `run.py classify` both decode through it).  PIL's errors for a
+  damaged file propagate; callers name the file.
+  """
+  from PIL import Image
+  img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+  return 255 - np.asarray(img, np.uint8)
+
+
 def _decode(args) -> np.ndarray:
   source, members, size = args
-  from PIL import Image
   out = np.empty((len(members), size, size), np.uint8)
   z = zipfile.ZipFile(source) if os.path.isfile(source) else None
   try:
     for i, m in enumerate(members):
       try:
         raw = z.read(m) if z else open(os.path.join(os.path.dirname(source), m), "rb").read()
-        img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+        out[i] = decode_drawing(raw, size)
       except Exception as e:  # PIL raises several types for damaged files
         raise OmniglotError(f"Omniglot: cannot decode {m} in {source}: {e}") from None
-      out[i] = 255 - np.asarray(img, np.uint8)
   finally:
     if z:
       z.close()

@@ -2,7 +2,7 @@
 import importlib
 
 COMMANDS = ("meta_train", "evaluate", "adapt", "predict", "prepare_smi", "make_smi_demo", "prepare_data",
-            "check_backbone", "experiment", "bench")
+            "check_backbone", "experiment", "bench", "classify")
 
 
 def modules():
