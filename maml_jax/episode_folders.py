@@ -37,6 +37,7 @@ from maml_jax.episodes import _to_float as to_float   # the samplers' uint8 -> [
 from maml_jax.errors import UserError
 
 PREPROCESSING = ("auto", "omniglot", "folder")
+PROGRESS_MIN = 200   # images; smaller jobs take seconds and print no progress
 QUERY_BATCH = 64   # queries per network call; padded to it, so every query count shares one compilation
 
 
@@ -199,17 +200,24 @@ def classify_episode(learner: learner_lib.Learner, episode: FolderEpisode,
 
 def classify_episodes(learner: learner_lib.Learner, episodes: Sequence[FolderEpisode],
                       read: Callable[[str], np.ndarray], progress: bool = True) -> list[EpisodeResult]:
-  """`classify_episode` for each (every episode's class count checked before any work)."""
+  """`classify_episode` for each (every episode's class count checked before any work).
+  Progress counts images read (quiet for fewer than PROGRESS_MIN)."""
   for ep in episodes:
     learner.check_classes(len(ep.classes), ep.support_dir)
+  total = sum(len(ep.support_files) + len(ep.query_files) for ep in episodes)
+  bar = progress_bar(total=total, desc=f"classifying {len(episodes)} episode(s)", unit="img",
+                     disable=not progress or total < PROGRESS_MIN)
+
+  def counted(path):
+    image = read(path)
+    bar.update(1)
+    return image
+
   out = []
-  bar = progress_bar(total=len(episodes), desc="classifying episodes", unit="episode",
-                     disable=not progress or len(episodes) < 2)
   for ep in episodes:
-    out.append(classify_episode(learner, ep, read))
+    out.append(classify_episode(learner, ep, counted))
     accs = [r.accuracy for r in out if r.accuracy is not None]
     if accs:
       bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
-    bar.update(1)
   bar.close()
   return out

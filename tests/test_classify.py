@@ -127,9 +127,10 @@ def test_classify_episodes_equals_adapting_on_the_readers_arrays(omni, omni_run,
   data, chars, _ = omni
   root, plan = episodes
   out = tmp_path / "out"
-  assert cli.main(["classify", "--workdir", omni_run, "--episodes", root, "--out", str(out),
-                   "--no-progress"]) == 0
-  printed = capsys.readouterr().out
+  assert cli.main(["classify", "--workdir", omni_run, "--episodes", root, "--out", str(out)]) == 0
+  printed, logged = capsys.readouterr()
+  n = EPISODES * WAYS * (SHOTS + QUERIES)
+  assert f"classifying {EPISODES} episode(s): started ({n} img)" in logged and "(done)" in logged
   res = json.loads((out / "results.json").read_text())
   rows = list(csv.DictReader(open(out / "predictions.csv")))
   assert res["preprocessing"] == "omniglot" and res["model"]["steps"] == 2
