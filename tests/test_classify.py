@@ -273,3 +273,35 @@ def test_options_that_cannot_go_together_are_refused(tmp_path, capsys):
   assert cli.main(["classify", "--episodes", str(tmp_path), "--support", str(tmp_path)]) == 2
   assert cli.main(["classify", "--support", str(tmp_path)]) == 2
   assert capsys.readouterr().err.count("error: ") == 2
+
+
+def test_the_documented_lake_arrangement_makes_episodes_classify_reads(omni, omni_run, tmp_path):
+  """docs/own-episodes.md's script on a small tree in the layout of Lake et al.'s all_runs
+  (2 runs of WAYS characters, real drawings): every test image lands under its class."""
+  import re
+  import subprocess
+  import sys
+  _, chars, raw = omni
+  doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "own-episodes.md")).read()
+  script = tmp_path / "lake_to_episodes.py"
+  script.write_text(re.search(r"```python\n(.*?)```", doc, re.S).group(1))
+  src, truth = tmp_path / "all_runs", {}
+  for r in range(2):
+    run = f"run{r + 1:02d}"
+    lines = []
+    for k, key in enumerate(sorted(chars)[r:r + WAYS]):
+      train, test = f"{run}/training/class{k + 1:02d}.png", f"{run}/test/item{WAYS - k:02d}.png"
+      _write(src / run / "training", os.path.basename(train), raw[chars[key][0]])
+      _write(src / run / "test", os.path.basename(test), raw[chars[key][1]])
+      lines.append(f"{test} {train}\n")
+      truth[(run, os.path.basename(test))] = f"class{k + 1:02d}"
+    (src / run / "class_labels.txt").write_text("".join(sorted(lines)))
+  dst = tmp_path / "lake_episodes"
+  subprocess.run([sys.executable, str(script), str(src), str(dst)], check=True)
+  out = tmp_path / "out"
+  assert cli.main(["classify", "--workdir", omni_run, "--episodes", str(dst), "--out", str(out),
+                   "--no-progress"]) == 0
+  rows = list(csv.DictReader(open(out / "predictions.csv")))
+  assert {(r["episode"], os.path.basename(r["file"])): r["true_class"] for r in rows} == truth
+  res = json.loads((out / "results.json").read_text())
+  assert [e["classes"] for e in res["episodes"]] == [[f"class{k + 1:02d}" for k in range(WAYS)]] * 2
