@@ -179,7 +179,13 @@ class EpisodeResult:
 
 def classify_episode(learner: learner_lib.Learner, episode: FolderEpisode,
                      read: Callable[[str], np.ndarray]) -> EpisodeResult:
-  """Adapts to the support images and gives each query image's class probabilities."""
+  """Adapts to the support images and gives each query image's class probabilities.
+
+  The support images, float32 [n, S, S, C] with labels int32 [n], adapt the
+  initialisation once; the queries go through the network QUERY_BATCH at a
+  time (zero-padded; their batch-norm statistics are the support rows', so
+  padding changes no prediction).  Returns probs float32 [m, len(classes)].
+  """
   c = len(episode.classes)
   learner.check_classes(c, episode.support_dir)
   sx = to_float(read_images(episode.support_files, read))
