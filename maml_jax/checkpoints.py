@@ -117,8 +117,9 @@ class Checkpoints:
   or absent.  A step that is saved again (a resumed run replays the steps
   after its checkpoint, bit-identically) replaces the one on disk, so best and
   latest never collide with a leftover of the interrupted run.  Best
-  checkpoints are pruned by `prune_best`, never by orbax: the best as of
-  every latest checkpoint must survive until that checkpoint is superseded.
+  checkpoints are pruned by `prune_best`, never by orbax: the best (the
+  `keep_best` best) as of every latest checkpoint must survive until that
+  checkpoint is superseded.
   """
 
   def __init__(self, workdir: str, keep: int = 3):
