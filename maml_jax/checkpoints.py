@@ -2,8 +2,8 @@
 
     workdir/config.json      the configuration of the run (checked on resume)
     workdir/checkpoints/N/   orbax checkpoints of the train state, latest few kept
-    workdir/best/N/          the checkpoint with the best validation accuracy
-    workdir/best.json        its step and accuracy
+    workdir/best/N/          the checkpoints with the best validation accuracy (`keep_best` of them)
+    workdir/best.json        the best's step and accuracy (and the kept ones', best first)
     workdir/metrics.jsonl    one JSON line per log step
     workdir/results.json     the final meta-test evaluation
 
@@ -30,12 +30,13 @@ from maml_jax.train_step import TrainState, init_state
 
 # Fields that may differ between a run and its resumption: they change how long,
 # how verbosely or from where it runs, never what a step computes nor which
-# checkpoint is chosen.  Everything else (conv_impl, task_map and remat change
-# the floating-point results; val_every and val_episodes change the best
-# checkpoint) must match.  `steps` may change only with a constant schedule:
-# the cosine schedule is stretched over `steps`.
-RESUMABLE_FIELDS = {"steps", "log_every", "test_episodes", "checkpoint_every", "keep_checkpoints",
-                    "data_dir", "manual_dir", "monitor_test", "on_device_data"}
+# checkpoint is chosen (test_ensemble changes only the final evaluation).
+# Everything else (conv_impl, task_map and remat change the floating-point
+# results; val_every and val_episodes change the best checkpoint; keep_best,
+# which best checkpoints exist) must match.  `steps` may change only with a
+# constant schedule: the cosine schedule is stretched over `steps`.
+RESUMABLE_FIELDS = {"steps", "log_every", "test_episodes", "test_ensemble", "checkpoint_every",
+                    "keep_checkpoints", "data_dir", "manual_dir", "monitor_test", "on_device_data"}
 
 
 class IncompatibleRunError(UserError):
@@ -116,8 +117,9 @@ class Checkpoints:
   or absent.  A step that is saved again (a resumed run replays the steps
   after its checkpoint, bit-identically) replaces the one on disk, so best and
   latest never collide with a leftover of the interrupted run.  Best
-  checkpoints are pruned by `prune_best`, never by orbax: the best as of
-  every latest checkpoint must survive until that checkpoint is superseded.
+  checkpoints are pruned by `prune_best`, never by orbax: the best (the
+  `keep_best` best) as of every latest checkpoint must survive until that
+  checkpoint is superseded.
   """
 
   def __init__(self, workdir: str, keep: int = 3):
@@ -145,10 +147,10 @@ class Checkpoints:
   def delete(self, step: int, best: bool = False) -> None:
     self._mngr(best).delete(step)
 
-  def prune_best(self, keep_from: int) -> None:
-    """Deletes best checkpoints older than step `keep_from` (the current best)."""
+  def prune_best(self, keep: list[int]) -> None:
+    """Deletes the best checkpoints whose steps are not in `keep` (the current top-K's)."""
     for s in self.steps(best=True):
-      if s < keep_from:
+      if s not in keep:
         self.best.delete(s)
 
   def latest_step(self) -> int | None:
@@ -227,13 +229,38 @@ def truncate_metrics(path: str, upto: int) -> list[dict]:
   return kept
 
 
+def top_records(lines: list[dict], k: int = 1) -> list[dict]:
+  """[{"step", "val_accuracy"}] of the `k` best validations in `lines`, best first
+  (ties: the earlier step), at most `k` of them."""
+  recs = [{"step": r["step"], "val_accuracy": r["val_accuracy"]} for r in lines if "val_accuracy" in r]
+  return sorted(recs, key=lambda r: (-r["val_accuracy"], r["step"]))[:k]
+
+
 def best_record(lines: list[dict]) -> dict:
   """{"step", "val_accuracy"} of the first best validation in `lines` ({-1, -1.0} if none)."""
-  best = {"step": -1, "val_accuracy": -1.0}
-  for r in lines:
-    if "val_accuracy" in r and r["val_accuracy"] > best["val_accuracy"]:
-      best = {"step": r["step"], "val_accuracy": r["val_accuracy"]}
-  return best
+  top = top_records(lines)
+  return top[0] if top else {"step": -1, "val_accuracy": -1.0}
+
+
+def best_json(top: list[dict], keep_best: int) -> dict:
+  """best.json's contents: the best's {"step", "val_accuracy"}, and with
+  keep_best > 1 the kept checkpoints' records, best first, as "top"."""
+  return {**top[0], "top": top} if keep_best > 1 else dict(top[0])
+
+
+def read_top(workdir: str) -> list[dict]:
+  """best.json's "top" list ([{"step", "val_accuracy"}], best first); [] when
+  there is none.  CheckpointError if best.json does not read."""
+  path = os.path.join(workdir, "best.json")
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      top = json.load(f).get("top", [])
+    return [{"step": int(r["step"]), "val_accuracy": float(r["val_accuracy"])} for r in top]
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    raise CheckpointError(f"{path}: not a readable list of best checkpoints ({type(e).__name__}: {_short(e)})") \
+        from None
 
 
 def abstract_state(model, cfg: Config, image_shape) -> TrainState:
@@ -268,7 +295,8 @@ def load_trained(workdir: str, which: str = "best") -> Trained:
   """The meta-parameters of a workdir's best (or latest) checkpoint, restored
   without the optimizer state.  A checkpoint that does not restore or verify is
   skipped with a warning for the next older one (best first, then latest, for
-  `which="best"`)."""
+  `which="best"`).  A run that keeps several best checkpoints (`keep_best`)
+  tries them in best.json's order first: the newest is not the best there."""
   cfg = read_config(workdir)
   model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
   template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
@@ -278,6 +306,13 @@ def load_trained(workdir: str, which: str = "best") -> Trained:
     directory = os.path.join(os.path.abspath(workdir), kind)
     steps = sorted((int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else []) if n.isdigit()),
                    reverse=True)
+    if kind == "best" and cfg.keep_best > 1:
+      try:
+        ranked = [r["step"] for r in read_top(workdir) if r["step"] in steps]
+      except CheckpointError as e:
+        _warn(f"{e}; best checkpoints tried newest first")
+        ranked = []
+      steps = ranked + [s for s in steps if s not in ranked]
     for step in steps:
       try:
         params = _restore_params(directory, step, template)
@@ -290,3 +325,23 @@ def load_trained(workdir: str, which: str = "best") -> Trained:
     raise CheckpointError(f"no checkpoint of {workdir} restores: " + "; ".join(skipped))
   raise CheckpointError(f"{workdir} holds no checkpoint; train with `python run.py meta-train "
                         f"--workdir {workdir}`")
+
+
+def load_ensemble(workdir: str, k: int) -> list[Trained]:
+  """The meta-parameters of a workdir's `k` best checkpoints by validation
+  (best.json's list), best first.  UserError if the run kept fewer than `k`;
+  CheckpointError if one does not restore (none is replaced: the ensemble
+  would no longer be the top k)."""
+  cfg = read_config(workdir)
+  if k > cfg.keep_best:
+    raise UserError(f"--ensemble {k}: {workdir} keeps its {cfg.keep_best} best checkpoint(s) by validation "
+                    f"(keep_best={cfg.keep_best}); ask for at most {cfg.keep_best}, or meta-train with "
+                    f"--keep-best {k}")
+  top = read_top(workdir)
+  if len(top) < k:
+    raise UserError(f"--ensemble {k}: {workdir} holds {len(top)} best checkpoint(s) (steps "
+                    f"{', '.join(str(r['step']) for r in top) or 'none'}: fewer validations than {k} so far)")
+  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
+  directory = os.path.join(os.path.abspath(workdir), "best")
+  return [Trained(cfg, _restore_params(directory, r["step"], template), model, r["step"]) for r in top[:k]]

@@ -96,6 +96,11 @@ class Config:
   test_episodes: int = _f(600, "meta-test episodes of the final evaluation")
   checkpoint_every: int = _f(1000, "steps between checkpoints")
   keep_checkpoints: int = _f(3, "latest checkpoints kept (the best is kept too)")
+  keep_best: int = _f(1, "best checkpoints kept by validation accuracy (ties: the earlier step), for the "
+                      "top-K ensemble at test (MAML++): `evaluate --ensemble K`, --test-ensemble")
+  test_ensemble: int = _f(1, "the final meta-test scores the ensemble of the top-K checkpoints by validation: "
+                          "each adapted, query class probabilities averaged (1 = the best alone; at most "
+                          "keep_best)")
 
   def replace(self, **kw) -> "Config":
     return dataclasses.replace(self, **kw)
@@ -148,9 +153,16 @@ class Config:
                       f"omniglot, synthetic, or a '+'-joined subset of {', '.join(DATASETS)}")
     # Counts and sizes that must be positive (0 would divide by zero or do nothing).
     for name in ("image_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "val_episodes",
-                 "test_episodes"):
+                 "test_episodes", "keep_best", "test_ensemble"):
       if getattr(self, name) < 1: problems.append(f"{name}={getattr(self, name)} must be >= 1")
     if self.val_every < 0: problems.append(f"val_every={self.val_every} must be >= 0 (0 = never)")
+    validations = math.ceil(self.steps / self.val_every) if self.val_every > 0 else 0
+    if self.test_ensemble > self.keep_best:
+      problems.append(f"test_ensemble={self.test_ensemble} needs keep_best >= {self.test_ensemble} (it is "
+                      f"{self.keep_best})")
+    elif self.test_ensemble > max(validations, 1):
+      problems.append(f"test_ensemble={self.test_ensemble} needs as many validations; val_every={self.val_every} "
+                      f"over steps={self.steps} makes {validations}")
     for f in dataclasses.fields(self):   # array sizes and counters are int32 on the device
       v = getattr(self, f.name)
       if str(f.type) == "int" and not -2**31 < v < 2**31:

@@ -8,15 +8,22 @@ episodes drawn by `eval_sampler`: episode batch i is a pure function of (seed,
 i), so the same (data, seed, tasks, ways, shots, queries) gives the same
 episodes everywhere.  Accuracies are summarised by `summary` with the t
 interval of `maml_jax.stats`.
+
+MAML++'s top-K ensemble (`ensemble_accuracy`) is scored by the same loop:
+each of K initialisations is adapted on an episode's support set and the
+ensemble's answer is the argmax of their averaged query class probabilities.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from maml_jax import maml
 from maml_jax.config import Config
 from maml_jax.data.class_images import ClassImages
 from maml_jax.data.progress import progress as progress_bar
@@ -60,14 +67,52 @@ def summary(accs) -> dict:
   return {"accuracy": s["mean"], "ci95": s["ci95"], "std": s["std"], "episodes": s["n"]}
 
 
+def query_probs(meta_params, sx, sy, qx, *, model, cfg: Config, steps: int) -> jax.Array:
+  """Query class probabilities [m, ways] of one initialisation after `steps`
+  inner steps on the support set (sx [n, H, W, C], sy int [n]; qx [m, H, W, C])."""
+  params, _ = maml.adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps)
+  return jax.nn.softmax(maml.query_logits(model, params, sx, qx, cfg.query_bn))
+
+
+def ensemble_accuracy(members, sx, sy, qx, qy, *, model, cfg: Config, steps: int) -> jax.Array:
+  """Query accuracy [] of an ensemble on one task: `members` are K meta-param
+  pytrees stacked on a leading axis [K, ...]; each is adapted on the support
+  set on its own, and the answer is the argmax of their mean query class
+  probabilities [m, ways].  (`lax.map`: one member's adaptation in memory at a time.)"""
+  probs = jax.lax.map(lambda mp: query_probs(mp, sx, sy, qx, model=model, cfg=cfg, steps=steps), members)
+  return maml.accuracy(probs.mean(0), qy)
+
+
+def stack_members(meta_params: list):
+  """K meta-param pytrees -> one pytree whose leaves are stacked [K, ...]."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *meta_params)
+
+
+def make_ensemble_step(model, cfg: Config, mesh, steps: Optional[int] = None):
+  """`train_step.make_eval_step` scoring `ensemble_accuracy`: `(stacked members, batch) -> accuracy [T]`."""
+  from maml_jax.train_step import make_eval_step
+  return make_eval_step(model, cfg, mesh, steps,
+                        task_accuracy=functools.partial(ensemble_accuracy, model=model, cfg=cfg))
+
+
+def ensemble_label(steps: list[int]) -> str:
+  """How a result that uses the ensemble says so."""
+  return (f"ensemble of the top-{len(steps)} checkpoints by validation, steps "
+          f"{', '.join(str(s) for s in steps)}")
+
+
 def evaluate_params(model, cfg: Config, meta_params, data: ClassImages, *, episodes: int, seed: int,
                     steps: Optional[int] = None, shots: Optional[int] = None, queries: Optional[int] = None,
                     desc: str = "meta-test", progress: bool = True) -> np.ndarray:
   """Per-episode accuracies [episodes] of `meta_params` on `data`'s classes, after
   `steps` inner steps (default `cfg.eval_inner_steps`): mesh, eval step and
-  sampler set up here, for callers outside the training loop."""
+  sampler set up here, for callers outside the training loop.  A list of
+  meta-params is scored as their ensemble (`ensemble_accuracy`)."""
   from maml_jax.train_step import make_eval_step, make_mesh, replicate
   mesh = make_mesh(cfg.tasks)
-  eval_step = make_eval_step(model, cfg, mesh, steps)
+  if isinstance(meta_params, list):
+    eval_step, meta_params = make_ensemble_step(model, cfg, mesh, steps), stack_members(meta_params)
+  else:
+    eval_step = make_eval_step(model, cfg, mesh, steps)
   sampler = eval_sampler(data, cfg, seed, shots=shots, queries=queries)
   return episode_accuracies(eval_step, replicate(meta_params, mesh), sampler, episodes, mesh, desc, progress)

@@ -3,8 +3,8 @@
 One jitted, donated meta-train step per meta-batch; episodes drawn from
 (seed, step) so that a resumed run sees the same episodes as an uninterrupted
 one; metrics leave the device only every `log_every` steps; a NaN loss stops
-the run; periodic validation keeps the best checkpoint, which the final
-meta-test evaluation uses.
+the run; periodic validation keeps the best checkpoint (the `keep_best` best),
+which the final meta-test evaluation uses (or their ensemble, `test_ensemble`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import time
 
 import jax
 
-from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_record, check_or_write_config,
-                                  config_differences, read_config, truncate_metrics, write_json)
+from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_json, check_or_write_config,
+                                  config_differences, read_config, top_records, truncate_metrics, write_json)
 from maml_jax.config import Config, ConfigError
 from maml_jax.data_sources import load_splits
 from maml_jax.data.progress import progress as progress_bar
@@ -24,7 +24,8 @@ from maml_jax.distributed import is_primary
 from maml_jax.episodes import EpisodeSampler
 from maml_jax.errors import UserError
 from maml_jax.models import model_for
-from maml_jax.evaluate import TEST_SEED, VAL_SEED, episode_accuracies, eval_sampler, evaluate_params, summary
+from maml_jax.evaluate import (TEST_SEED, VAL_SEED, ensemble_label, episode_accuracies, eval_sampler, evaluate_params,
+                               make_ensemble_step, stack_members, summary)
 from maml_jax.train_step import (failed_step, init_state, make_eval_step, make_mesh, make_train_step, replicate,
                                  shard_batch)
 
@@ -89,19 +90,20 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     state = replicate(state, mesh)
   start = int(state.step)
   # The steps after `start` are replayed: their log lines and best checkpoints go.
-  best = best_record(truncate_metrics(metrics_path, start))
+  # top: the `keep_best` best validations so far, best first (top[0] is the best).
+  top = top_records(truncate_metrics(metrics_path, start), cfg.keep_best)
   for s in ckpt.steps(best=True):
-    if s > start or s < best["step"]:
+    if s > start or s not in [r["step"] for r in top]:
       ckpt.delete(s, best=True)
-  if best["step"] >= 0:
+  for r in list(top):
     try:
-      ckpt.restore_step(state, best["step"], best=True)
+      ckpt.restore_step(state, r["step"], best=True)
     except CheckpointError as e:   # lost or damaged on disk (a kill never does this)
-      print(f"warning: the best checkpoint of step {best['step']} is unusable ({e}); the best is chosen "
+      print(f"warning: the best checkpoint of step {r['step']} is unusable ({e}); its place is filled "
             f"again among the validations after step {start}", file=sys.stderr)
-      best = {"step": -1, "val_accuracy": -1.0}
-  if best["step"] >= 0:
-    write_json(best_path, best)
+      top.remove(r)
+  if top:
+    write_json(best_path, best_json(top, cfg.keep_best))
   elif os.path.exists(best_path) and is_primary():
     os.remove(best_path)
 
@@ -141,10 +143,11 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
                                                   "testing", progress))
             rec["test_accuracy"], rec["test_ci95"] = test_sum["accuracy"], test_sum["ci95"]
             postfix["test"] = f"{rec['test_accuracy']:.3f}"
-          if rec["val_accuracy"] > best["val_accuracy"]:
-            best = {"step": step, "val_accuracy": rec["val_accuracy"]}
+          new_top = top_records(top + [rec], cfg.keep_best)
+          if step in [r["step"] for r in new_top]:   # ties: the earlier step stays
+            top = new_top
             ckpt.save(state, best=True)
-            write_json(best_path, best)
+            write_json(best_path, best_json(top, cfg.keep_best))
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.set_postfix(postfix, refresh=False)
@@ -152,39 +155,63 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
       if step % cfg.checkpoint_every == 0 or step == cfg.steps:
         _stop_if_failed(state, ckpt)
         ckpt.save(state)
-        ckpt.prune_best(best["step"])   # older bests are no longer any checkpoint's best
+        ckpt.prune_best([r["step"] for r in top])   # the others are no longer in any checkpoint's top-K
         t_mark = time.perf_counter()
   bar.close()
   _stop_if_failed(state, ckpt)
   train_seconds += time.perf_counter() - t_mark
 
   final = state
-  if best["step"] >= 0:
-    final = replicate(ckpt.restore(state, best=True, step=best["step"]), mesh)
+  if top:
+    final = replicate(ckpt.restore(state, best=True, step=top[0]["step"]), mesh)
+  members = [r["step"] for r in top[:cfg.test_ensemble]]
+  if cfg.test_ensemble > 1 and len(members) < cfg.test_ensemble:
+    print(f"warning: --test-ensemble {cfg.test_ensemble}: only {len(members)} usable best checkpoint(s) "
+          f"(steps {members}); the final meta-test scores those", file=sys.stderr)
+  ensemble = None
+  if cfg.test_ensemble > 1 and len(members) > 1:   # MAML++'s top-K ensemble at test
+    ensemble = replicate(stack_members([ckpt.restore(state, best=True, step=s).meta_params for s in members]), mesh)
   ckpt.close()
   t0 = time.perf_counter()
-  final_sum = summary(episode_accuracies(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test",
-                                         progress))
+  if ensemble is None:
+    accs = episode_accuracies(eval_step, final.meta_params, test, cfg.test_episodes, mesh, "meta-test", progress)
+  else:
+    accs = episode_accuracies(make_ensemble_step(model, cfg, mesh), ensemble, test, cfg.test_episodes, mesh,
+                              "meta-test", progress)
+  final_sum = summary(accs)
   results = {"test_accuracy": final_sum["accuracy"], "test_ci95": final_sum["ci95"],
              "test_episodes": final_sum["episodes"], "checkpoint_step": int(final.step),
-             "best_val_accuracy": best["val_accuracy"], "steps": cfg.steps, "synthetic_data": synthetic,
+             "best_val_accuracy": top[0]["val_accuracy"] if top else -1.0, "steps": cfg.steps,
+             "synthetic_data": synthetic,
              "eval_inner_steps": cfg.eval_inner_steps, "ways": cfg.ways, "shots": cfg.shots,
              "train_seconds_this_run": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)}
+  if ensemble is not None:
+    results.update(ensemble=ensemble_label(members), ensemble_steps=members)
   write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 
 def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int | None = None,
-                     which: str = "best", progress: bool = True, shots: int | None = None) -> dict:
+                     which: str = "best", progress: bool = True, shots: int | None = None,
+                     ensemble: int = 1) -> dict:
   """Evaluates a saved run on its meta-test classes (same episodes as training's final evaluation).
 
   `which`: "best" or "latest" checkpoint, or "init" for the run's initialisation
   before any meta-training (the baseline that meta-training must beat).
   `shots`: support images per class, if not the run's (episodes then differ
   from training's final evaluation, but are the same for every `which`).
+  `ensemble` K > 1: the ensemble of the run's K best checkpoints by validation
+  (MAML++), on the same episodes; the result then says so ("ensemble").
   """
-  from maml_jax.checkpoints import Trained, load_trained, read_config
-  if which == "init":   # the same network without meta-training: the run's seed-0 initialisation
+  from maml_jax.checkpoints import Trained, load_ensemble, load_trained, read_config
+  if ensemble < 1:
+    raise UserError(f"--ensemble {ensemble} must be >= 1")
+  if ensemble > 1 and which != "best":
+    raise UserError(f"--ensemble {ensemble} ensembles the best checkpoints; it does not apply to --checkpoint {which}")
+  members = load_ensemble(workdir, ensemble) if ensemble > 1 else None
+  if members:
+    trained = members[0]
+  elif which == "init":   # the same network without meta-training: the run's seed-0 initialisation
     cfg = read_config(workdir)
     model = model_for(cfg)
     state = init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels))
@@ -194,10 +221,14 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
   cfg = trained.config if shots is None else trained.config.replace(shots=shots).validate()
   splits = load_splits(cfg, workdir)
   steps = cfg.eval_inner_steps if inner_steps is None else inner_steps
-  accs = evaluate_params(trained.model, cfg, trained.meta_params, splits["test"], episodes=episodes or cfg.test_episodes,
+  params = [m.meta_params for m in members] if members else trained.meta_params
+  accs = evaluate_params(trained.model, cfg, params, splits["test"], episodes=episodes or cfg.test_episodes,
                          seed=TEST_SEED, steps=steps, progress=progress)
   s = summary(accs)
-  return {"test_accuracy": s["accuracy"], "test_ci95": s["ci95"], "test_episodes": s["episodes"],
-          "per_episode": accs.tolist(), "checkpoint_step": trained.step,
-          "eval_inner_steps": steps, "ways": cfg.ways, "shots": cfg.shots,
-          "synthetic_data": any(d.synthetic for d in splits.values())}
+  r = {"test_accuracy": s["accuracy"], "test_ci95": s["ci95"], "test_episodes": s["episodes"],
+       "per_episode": accs.tolist(), "checkpoint_step": trained.step,
+       "eval_inner_steps": steps, "ways": cfg.ways, "shots": cfg.shots,
+       "synthetic_data": any(d.synthetic for d in splits.values())}
+  if members:
+    r.update(ensemble=ensemble_label([m.step for m in members]), ensemble_steps=[m.step for m in members])
+  return r

@@ -132,14 +132,20 @@ def failed_step(state: TrainState) -> int | None:
   return -step if step < 0 else None
 
 
-def make_eval_step(model, cfg: Config, mesh, steps: int | None = None):
+def make_eval_step(model, cfg: Config, mesh, steps: int | None = None, task_accuracy=None):
   """Jitted `(meta_params, batch) -> accuracy [T]` after `steps` inner steps
-  (default: `eval_inner_steps`), per task, no gradient to the initialisation."""
+  (default: `eval_inner_steps`), per task, no gradient to the initialisation.
+
+  `task_accuracy(meta_params, sx, sy, qx, qy, steps=) -> []` replaces the one
+  initialisation's query accuracy (`evaluate.ensemble_accuracy` scores a
+  top-K ensemble, its meta_params stacked [K, ...])."""
   steps = cfg.eval_inner_steps if steps is None else steps
+  if task_accuracy is None:
+    task_accuracy = lambda meta_params, sx, sy, qx, qy, steps: maml.task_loss(
+        meta_params, sx, sy, qx, qy, model=model, cfg=cfg, steps=steps)[1]["accuracy"]
 
   def local(meta_params, batch):
-    fn = lambda sx, sy, qx, qy: maml.task_loss(meta_params, sx, sy, qx, qy, model=model, cfg=cfg,
-                                               steps=steps)[1]["accuracy"]
+    fn = lambda sx, sy, qx, qy: task_accuracy(meta_params, sx, sy, qx, qy, steps=steps)
     return maml.map_tasks(fn, batch, cfg.task_map)
 
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)

@@ -13,6 +13,10 @@ def add_parser(sub):
   p.add_argument("--checkpoint", choices=("best", "latest", "init"), default="best",
                  help="which parameters: the best or latest checkpoint, or 'init' = the same network "
                       "without meta-training (its initialisation), on the same episodes")
+  p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                 help="score the ensemble of the run's K best checkpoints by validation (MAML++): each adapted "
+                      "on the support set, query class probabilities averaged; the run must have kept K "
+                      "(meta-train --keep-best K)")
   p.add_argument("--no-progress", action="store_true")
   p.set_defaults(func=main)
 
@@ -27,9 +31,10 @@ def main(args) -> int:
   if args.episodes is not None and args.episodes < 1 or args.inner_steps is not None and args.inner_steps < 0:
     raise UserError("--episodes must be >= 1 and --inner-steps >= 0")
   r = evaluate_workdir(args.workdir, args.episodes, args.inner_steps, args.checkpoint, not args.no_progress,
-                       args.shots)
+                       args.shots, args.ensemble)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
+  which = r.get("ensemble") or f"step {r['checkpoint_step']}"
   print(f"meta-test {r['ways']}-way {r['shots']}-shot accuracy{tag}: "
         f"{100 * r['test_accuracy']:.2f} +- {100 * r['test_ci95']:.2f}% "
-        f"(95% CI, {r['test_episodes']} episodes, {r['eval_inner_steps']} inner steps, step {r['checkpoint_step']})")
+        f"(95% CI, {r['test_episodes']} episodes, {r['eval_inner_steps']} inner steps, {which})")
   return 0

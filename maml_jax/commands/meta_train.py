@@ -28,8 +28,8 @@ def main(args) -> int:
   from maml_jax.train import train_and_evaluate
   r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
+  which = r.get("ensemble") or f"checkpoint of step {r['checkpoint_step']}"
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "
         f"+- {100 * r['test_ci95']:.2f}% (95% CI, {r['test_episodes']} episodes, {cfg.eval_inner_steps} inner "
-        f"steps, checkpoint of step {r['checkpoint_step']}); training took {r['train_seconds_this_run']:.0f} s; "
-        f"files in {args.workdir}")
+        f"steps, {which}); training took {r['train_seconds_this_run']:.0f} s; files in {args.workdir}")
   return 0

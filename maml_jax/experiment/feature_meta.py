@@ -79,7 +79,9 @@ def meta_train_head(train: FeatureSet, val: FeatureSet, cfg: Config, workdir: st
   try:
     template = checkpoints.abstract_state(head, cfg, (train.features.shape[1],))
     use_best = ck.best.latest_step() is not None
-    state = ck.restore(template, best=use_best)
+    # With keep_best > 1 the newest kept checkpoint need not be the best.
+    step = results["checkpoint_step"] if use_best and cfg.keep_best > 1 else None
+    state = ck.restore(template, best=use_best, step=step)
   finally:
     ck.close()
   best = {"step": int(state.step), "val_accuracy": results.get("best_val_accuracy")}

@@ -1,6 +1,6 @@
 """Kill `meta-train` with SIGKILL at seeded random points, resume, compare.
 
-    python -m maml_jax.tools.kill_campaign [--kills 10] [--seed 0] [--work DIR]
+    python -m maml_jax.tools.kill_campaign [--kills 10] [--seed 0] [--work DIR] [--keep-best 1]
 
 One uninterrupted run of a small SYNTHETIC configuration gives the reference.
 Then, for each kill: a fresh workdir, `meta-train` started in a subprocess and
@@ -12,7 +12,9 @@ used to leave a workdir every later run refused), then
 `meta-train --resume` until it finishes.  The resumed end state must equal the
 reference bit for bit: the latest and best parameters, the best step,
 metrics.jsonl (steps without duplicates, every value but the timings) and the
-meta-test accuracy.  A workdir whose resume fails is counted unusable.
+meta-test accuracy; with `--keep-best K` also the kept best checkpoints,
+best.json and the final top-K ensemble.  A workdir whose resume fails is
+counted unusable.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ ARGS = ["meta-train", "--preset", "tiny", "--steps", "20", "--val-every", "1", "
         str(CHECKPOINT_EVERY), "--log-every", "1", "--no-progress"]
 
 
-def _cmd(workdir, resume=False):
-  return [sys.executable, os.path.join(ROOT, "run.py"), *ARGS, "--workdir", workdir] + (["--resume"] if resume else [])
+def _cmd(workdir, resume=False, keep_best=1):
+  return [sys.executable, os.path.join(ROOT, "run.py"), *ARGS, "--workdir", workdir, "--keep-best", str(keep_best),
+          "--test-ensemble", str(keep_best)] + (["--resume"] if resume else [])
 
 
 def _steps(folder):
@@ -68,12 +71,16 @@ def end_state(workdir) -> dict:
   results = json.load(open(os.path.join(workdir, "results.json")))
   return {"latest": [np.asarray(x) for x in jax.tree.leaves(latest.meta_params)], "latest_step": latest.step,
           "best": [np.asarray(x) for x in jax.tree.leaves(best.meta_params)], "best_step": best.step,
-          "metrics": metrics, "test_accuracy": results["test_accuracy"]}
+          "metrics": metrics, "test_accuracy": results["test_accuracy"],
+          "kept": _steps(os.path.join(workdir, "best")),
+          "best_json": json.load(open(os.path.join(workdir, "best.json"))),
+          "ensemble_steps": results.get("ensemble_steps")}
 
 
 def same(a, b) -> list[str]:
   """The parts of two end states that differ."""
-  bad = [k for k in ("latest_step", "best_step", "metrics", "test_accuracy") if a[k] != b[k]]
+  bad = [k for k in ("latest_step", "best_step", "metrics", "test_accuracy", "kept", "best_json", "ensemble_steps")
+         if a[k] != b[k]]
   bad += [k for k in ("latest", "best") if len(a[k]) != len(b[k]) or
           not all(np.array_equal(x, y) for x, y in zip(a[k], b[k]))]
   return bad
@@ -84,6 +91,8 @@ def main(argv=None) -> int:
   p.add_argument("--kills", type=int, default=10)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work", default="", help="scratch folder (default: a new temporary one, removed at the end)")
+  p.add_argument("--keep-best", type=int, default=1, help="best checkpoints the run keeps, and the size of its "
+                 "final meta-test ensemble")
   a = p.parse_args(argv)
   work = a.work or tempfile.mkdtemp(prefix="kill_campaign_")
   os.makedirs(work, exist_ok=True)
@@ -92,13 +101,13 @@ def main(argv=None) -> int:
   t0 = time.time()
   ref_dir = os.path.join(work, "reference")
   shutil.rmtree(ref_dir, ignore_errors=True)
-  subprocess.run(_cmd(ref_dir), env=env, check=True, capture_output=True)
+  subprocess.run(_cmd(ref_dir, keep_best=a.keep_best), env=env, check=True, capture_output=True)
   duration = time.time() - t0
   ref = end_state(ref_dir)
-  window_steps, top = [], -1.0
-  for line in ref["metrics"]:
-    if line.get("val_accuracy", -1.0) > top:
-      top = line["val_accuracy"]
+  from maml_jax.checkpoints import top_records
+  window_steps = []   # the steps that entered the top K at their validation, not at a checkpoint step
+  for i, line in enumerate(ref["metrics"]):
+    if line["step"] in [r["step"] for r in top_records(ref["metrics"][:i + 1], a.keep_best)]:
       if line["step"] % CHECKPOINT_EVERY:
         window_steps.append(line["step"])
   print(f"reference run: {duration:.1f} s, best step {ref['best_step']}, {len(ref['metrics'])} metric lines, "
@@ -114,7 +123,8 @@ def main(argv=None) -> int:
     at_step, extra = int(rng.integers(1, 20)), float(rng.uniform(0.0, 0.5))
     if target == "window":   # one of the steps where the reference saved a best checkpoint ahead of the latest
       at_step = int(rng.choice(window_steps))
-    proc = subprocess.Popen(_cmd(w), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(w, keep_best=a.keep_best), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     hit, logged_at = False, None
     while proc.poll() is None:
       if target == "random":
@@ -132,7 +142,7 @@ def main(argv=None) -> int:
     state = f"best {_steps(os.path.join(w, 'best'))} latest {_steps(os.path.join(w, 'checkpoints'))}"
     window = in_window(w)
     window_kills += hit and window
-    r = subprocess.run(_cmd(w, resume=True), env=env, capture_output=True, text=True)
+    r = subprocess.run(_cmd(w, resume=True, keep_best=a.keep_best), env=env, capture_output=True, text=True)
     if r.returncode != 0:
       unusable += 1
       verdict = "UNUSABLE: " + (r.stderr.strip().splitlines() or ["?"])[-1]
