@@ -54,3 +54,27 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: compiles large second-order graphs (tens of seconds on a CPU); "
       "deselect with -m 'not slow' for a quick run")
+
+
+class Killed(BaseException):
+  """Stands in for SIGKILL at one instruction (tools/kill_campaign.py sends real ones)."""
+
+
+def train_killed_at_best_json(monkeypatch, cfg, workdir, when, before_kill=None):
+  """Meta-trains `cfg` in `workdir` and stops it, as a kill would, at the first
+  write of best.json whose content satisfies `when(obj)`: that step's best
+  checkpoint is saved, best.json and the next latest checkpoint are not.
+  `before_kill()` runs just before the stop (to look at the files then)."""
+  from maml_jax import train
+  real = train.write_json
+
+  def write_json(path, obj):
+    if path.endswith("best.json") and when(obj):
+      if before_kill:
+        before_kill()
+      raise Killed()
+    real(path, obj)
+  monkeypatch.setattr(train, "write_json", write_json)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(cfg, workdir, progress=False)
+  monkeypatch.setattr(train, "write_json", real)

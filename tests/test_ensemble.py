@@ -13,14 +13,11 @@ from maml_jax.checkpoints import config_differences, load_ensemble, load_trained
 from maml_jax.config import ConfigError, get_preset
 from maml_jax.data_sources import load_splits
 from maml_jax.evaluate import TEST_SEED, eval_sampler, evaluate_params
+from conftest import train_killed_at_best_json
 
 # Validation at every step, a latest checkpoint every 2: a step enters the
 # top 3 between checkpoints and is pushed out later, so pruning happens.
 CFG = get_preset("tiny").replace(steps=6, val_every=1, checkpoint_every=2, keep_best=3, test_ensemble=3)
-
-
-class Killed(BaseException):
-  """Stands in for SIGKILL at one instruction (tools/kill_campaign.py sends real ones)."""
 
 
 @pytest.fixture(scope="module")
@@ -122,20 +119,13 @@ def test_asking_for_more_than_the_run_kept_is_an_error(run, capsys):
 
 def test_resume_after_a_kill_keeps_the_same_top_k(run, tmp_path, monkeypatch):
   w = str(tmp_path / "killed")
-  real = train.write_json
   seen = {}
 
-  def write_json(path, obj):
-    # Killed right after step 5 or later entered the top-K: its best checkpoint is
-    # saved, best.json and the latest checkpoint (step 4) are not.
-    if path.endswith("best.json") and max(r["step"] for r in obj["top"]) >= 5:
-      seen["best"], seen["latest"] = _best_dirs(w), os.listdir(os.path.join(w, "checkpoints"))
-      raise Killed()
-    real(path, obj)
-  monkeypatch.setattr(train, "write_json", write_json)
-  with pytest.raises(Killed):
-    train.train_and_evaluate(CFG, w, progress=False)
-  monkeypatch.setattr(train, "write_json", real)
+  def look():
+    seen["best"], seen["latest"] = _best_dirs(w), os.listdir(os.path.join(w, "checkpoints"))
+  # Killed right after step 5 or later entered the top-K: its best checkpoint is
+  # saved, best.json and the latest checkpoint (step 4) are not.
+  train_killed_at_best_json(monkeypatch, CFG, w, lambda best: max(r["step"] for r in best["top"]) >= 5, look)
   assert max(seen["best"]) > max(int(s) for s in seen["latest"])   # a best checkpoint ahead of the latest
   r = train.train_and_evaluate(CFG, w, resume=True, progress=False)
   assert [s for s, _ in _vals(w)] == list(range(1, 7))   # no step logged twice

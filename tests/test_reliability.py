@@ -12,10 +12,7 @@ from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunE
                                   load_trained)
 from maml_jax.config import ConfigError, get_preset
 from maml_jax.episodes import EpisodeSampler
-
-
-class Killed(BaseException):
-  """Stands in for SIGKILL at one instruction (tools/kill_campaign.py sends real ones)."""
+from conftest import train_killed_at_best_json
 
 
 def _equal(a, b):
@@ -32,15 +29,7 @@ def test_kill_after_best_save_before_latest_resumes(tmp_path, monkeypatch):
   cfg = get_preset("tiny").replace(steps=4, val_every=1, checkpoint_every=2)
   straight, w = str(tmp_path / "straight"), str(tmp_path / "killed")
   train.train_and_evaluate(cfg, straight, progress=False)
-  real = train.write_json
-  def write_json(path, obj):
-    if path.endswith("best.json") and obj["step"] >= 3:
-      raise Killed()
-    real(path, obj)
-  monkeypatch.setattr(train, "write_json", write_json)
-  with pytest.raises(Killed):
-    train.train_and_evaluate(cfg, w, progress=False)
-  monkeypatch.setattr(train, "write_json", real)
+  train_killed_at_best_json(monkeypatch, cfg, w, lambda best: best["step"] >= 3)
   assert max(int(s) for s in os.listdir(os.path.join(w, "best"))) >= 3 > max(
       int(s) for s in os.listdir(os.path.join(w, "checkpoints")))
   r = train.train_and_evaluate(cfg, w, resume=True, progress=False)
