@@ -33,7 +33,7 @@ from maml_jax import learner as learner_lib
 from maml_jax.config import Config
 from maml_jax.data import image_folder, omniglot
 from maml_jax.data.progress import progress as progress_bar
-from maml_jax.episodes import _to_float as to_float   # the samplers' uint8 -> [0, 1], one home
+from maml_jax.episodes import to_float   # the samplers' uint8 -> [0, 1], one home
 from maml_jax.errors import UserError
 
 PREPROCESSING = ("auto", "omniglot", "folder")

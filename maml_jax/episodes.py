@@ -133,16 +133,16 @@ class EpisodeSampler:
       s, q = np.asarray(idx.support), np.asarray(idx.query)
       sx = jnp.asarray(self.data.images[s.reshape(-1)].reshape(s.shape + self.data.image_shape))
       qx = jnp.asarray(self.data.images[q.reshape(-1)].reshape(q.shape + self.data.image_shape))
-      sx, qx = _to_float(sx), _to_float(qx)
+      sx, qx = to_float(sx), to_float(qx)
     return Episodes(sx, self._sy, qx, self._qy)
 
 
 @jax.jit
-def _to_float(x):
+def to_float(x):
   """uint8 pixels -> float32 in [0, 1]; float32 feature vectors pass unchanged."""
   return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
 @jax.jit
 def _gather(images, s, q):
-  return _to_float(images[s]), _to_float(images[q])
+  return to_float(images[s]), to_float(images[q])

@@ -122,7 +122,7 @@ def test_the_reader_decodes_a_drawing_file_exactly_as_the_omniglot_reader(omni, 
 
 
 def test_classify_episodes_equals_adapting_on_the_readers_arrays(omni, omni_run, episodes, tmp_path, capsys):
-  from maml_jax.episodes import _to_float
+  from maml_jax.episodes import to_float
   from maml_jax.learner import adapt_fn, load_learner
   data, chars, _ = omni
   root, plan = episodes
@@ -145,7 +145,7 @@ def test_classify_episodes_equals_adapting_on_the_readers_arrays(omni, omni_run,
     q = [r for k in keys for r in _rows(data, k, draw[k][1], chars[k])]
     sy = np.repeat(np.arange(WAYS, dtype=np.int32), SHOTS)
     qy = np.repeat(np.arange(WAYS), QUERIES)
-    _, probs = adapt_fn(learner, WAYS)(_to_float(data.images[s]), sy, _to_float(data.images[q]))
+    _, probs = adapt_fn(learner, WAYS)(to_float(data.images[s]), sy, to_float(data.images[q]))
     probs = np.asarray(probs)
     direct.append(float(np.mean(probs.argmax(-1) == qy)))
     mine = [r for r in rows if r["episode"] == f"run{e:02d}"]
