@@ -7,6 +7,13 @@
     workdir/metrics.jsonl    one JSON line per log step
     workdir/results.json     the final meta-test evaluation
 
+Every checkpoint folder carries `checksums.json` (the SHA-256 of each of its
+files), written once orbax has finished the save and checked before anything
+is restored: a damaged file is caught before orbax reads it, however it was
+damaged.  A checkpoint without one (made before checksums were written, or
+killed between orbax's commit and the checksum write) is restored with a
+warning, verified only by its values being finite.
+
 State is restored into a `jax.eval_shape` template, so resuming needs only the
 step number.
 """
@@ -85,6 +92,62 @@ def check_or_write_config(workdir: str, cfg: Config) -> None:
   write_json(path, cfg.to_dict())
 
 
+CHECKSUMS = "checksums.json"
+
+
+def _digests(folder: str) -> dict[str, str]:
+  """{path relative to `folder`: sha256} of every file under `folder` but the checksum record."""
+  out = {}
+  for dp, dirs, fs in os.walk(folder):
+    dirs.sort()
+    for f in sorted(fs):
+      rel = os.path.relpath(os.path.join(dp, f), folder)
+      if rel != CHECKSUMS:
+        out[rel] = io.sha256_file(os.path.join(dp, f))
+  return out
+
+
+def write_checksums(folder: str) -> None:
+  """Records the SHA-256 of every file of a finished checkpoint folder (process 0 only)."""
+  if jax.process_index() == 0:
+    io.write_json(os.path.join(folder, CHECKSUMS), {"sha256": _digests(folder)})
+
+
+def check_checksums(folder: str) -> bool:
+  """Raises CheckpointError if a file of the checkpoint `folder` is missing or differs
+  from its recorded SHA-256; returns False when the folder has no record (True
+  when it was checked)."""
+  if not os.path.isdir(folder):
+    raise CheckpointError(f"{folder}: does not exist")
+  path = os.path.join(folder, CHECKSUMS)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      recorded = json.load(f)["sha256"]
+    if not isinstance(recorded, dict) or not recorded:
+      raise ValueError("no files listed")
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f"{folder}: its {CHECKSUMS} does not read ({type(e).__name__}: {_short(e)})") from None
+  actual = _digests(folder)
+  missing = sorted(k for k in recorded if k not in actual)
+  changed = sorted(k for k in recorded if k in actual and actual[k] != recorded[k])
+  if missing or changed:
+    parts = ([f"{len(changed)} file(s) changed ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"]
+             if changed else []) + \
+            ([f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"]
+             if missing else [])
+    raise CheckpointError(f"{folder}: damaged, fails its checksums: {'; '.join(parts)}")
+  return True
+
+
+def _check_files(folder: str) -> None:
+  """`check_checksums`, warning when the folder has no checksum record."""
+  if not check_checksums(folder):
+    _warn(f"{folder}: no {CHECKSUMS} (a checkpoint of an older version, or its save was interrupted after "
+          f"orbax's commit); restored with only its values checked")
+
+
 def _state_dict(state: TrainState) -> dict:
   return {"step": state.step, "meta_params": state.meta_params, "opt_state": state.opt_state}
 
@@ -124,9 +187,30 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 3):
     self.workdir = os.path.abspath(workdir)
-    opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"), options=opts(keep))
-    self.best = ocp.CheckpointManager(os.path.join(self.workdir, "best"), options=opts(None))
+    self.keep = keep
+    self.latest = self._new_manager(False)
+    self.best = self._new_manager(True)
+
+  def _new_manager(self, best: bool):
+    opts = ocp.CheckpointManagerOptions(max_to_keep=None if best else self.keep, create=True)
+    return ocp.CheckpointManager(self.folder(best), options=opts)
+
+  def _reopen(self, best: bool) -> None:
+    """A fresh orbax manager: one whose restore failed keeps state that breaks its next save."""
+    old = self._mngr(best)
+    try:
+      old.close()
+    except Exception:   # noqa: BLE001 - a manager left broken by a failed restore may fail to close too
+      pass
+    if best:
+      self.best = self._new_manager(True)
+    else:
+      self.latest = self._new_manager(False)
+
+  def folder(self, best: bool = False, step: int | None = None) -> str:
+    """`workdir/best` or `workdir/checkpoints`, or the folder of one step in it."""
+    d = os.path.join(self.workdir, "best" if best else "checkpoints")
+    return d if step is None else os.path.join(d, str(step))
 
   def _mngr(self, best: bool):
     return self.best if best else self.latest
@@ -143,25 +227,64 @@ class Checkpoints:
       mngr.delete(step)
     mngr.save(step, args=ocp.args.StandardSave(_state_dict(state)), force=True)
     mngr.wait_until_finished()
+    write_checksums(self.folder(best, step))
 
   def delete(self, step: int, best: bool = False) -> None:
     self._mngr(best).delete(step)
 
-  def prune_best(self, keep: list[int]) -> None:
-    """Deletes the best checkpoints whose steps are not in `keep` (the current top-K's)."""
+  def prune_best(self, keep: list[int], upto: int) -> None:
+    """Deletes the best checkpoints of steps <= `upto` whose steps are not in `keep`
+    (the current top-K's).  Those after `upto` are a resumed run's bests from
+    before the interruption: the replay saves them again, and until then they
+    are the only copy."""
     for s in self.steps(best=True):
-      if s not in keep:
+      if s not in keep and s <= upto:
         self.best.delete(s)
+
+  def usable_top(self, template: TrainState, records: list[dict], k: int) -> list[dict]:
+    """The `k` best validations of `records` (metrics.jsonl lines) whose best
+    checkpoint restores and verifies, best first.
+
+    A best checkpoint that is missing or damaged is saved again from the latest
+    checkpoint of the same step when that one verifies (it holds the same
+    state); otherwise the next best validation takes its place, with a warning.
+    Nothing readable is deleted here.
+    """
+    top = []
+    for r in top_records(records, len(records)):
+      if len(top) == k:
+        break
+      try:
+        self.restore_step(template, r["step"], best=True)
+      except CheckpointError as e:
+        existed = os.path.isdir(self.folder(True, r["step"]))
+        try:
+          state = self.restore_step(template, r["step"])
+        except CheckpointError:
+          _warn(f"the best checkpoint of step {r['step']} (validation {100 * r['val_accuracy']:.2f}%) is "
+                f"unusable ({e}) and no latest checkpoint of that step verifies; the next best validation "
+                f"takes its place")
+          continue
+        self.save(state, best=True)
+        if existed:   # a pruned one (superseded by a step that is now being replayed) is refilled silently
+          _warn(f"the best checkpoint of step {r['step']} was unusable ({e}); saved again from "
+                f"{self.folder(False, r['step'])}")
+      top.append(r)
+    return top
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def restore_step(self, template: TrainState, step: int, best: bool = False) -> TrainState:
     """The verified checkpoint of `step` restored into `template`; CheckpointError if damaged."""
-    where = os.path.join(self.workdir, "best" if best else "checkpoints", str(step))
+    where = self.folder(best, step)
+    if step not in self.steps(best):
+      raise CheckpointError(f"{where}: does not exist")
+    _check_files(where)
     try:
       d = self._mngr(best).restore(step, args=ocp.args.StandardRestore(_state_dict(template)))
     except Exception as e:   # orbax and tensorstore raise many types for damaged files
+      self._reopen(best)
       raise CheckpointError(f"{where}: cannot be restored ({type(e).__name__}: {_short(e)})") from None
     verify(d, step, where)
     return TrainState(d["step"], d["meta_params"], d["opt_state"])
@@ -236,12 +359,6 @@ def top_records(lines: list[dict], k: int = 1) -> list[dict]:
   return sorted(recs, key=lambda r: (-r["val_accuracy"], r["step"]))[:k]
 
 
-def best_record(lines: list[dict]) -> dict:
-  """{"step", "val_accuracy"} of the first best validation in `lines` ({-1, -1.0} if none)."""
-  top = top_records(lines)
-  return top[0] if top else {"step": -1, "val_accuracy": -1.0}
-
-
 def best_json(top: list[dict], keep_best: int) -> dict:
   """best.json's contents: the best's {"step", "val_accuracy"}, and with
   keep_best > 1 the kept checkpoints' records, best first, as "top"."""
@@ -282,6 +399,7 @@ def _restore_params(directory: str, step: int, template) -> Any:
   dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=dev), t)
   where = os.path.join(directory, str(step))
+  _check_files(where)
   try:
     with ocp.CheckpointManager(directory) as mngr:
       d = mngr.restore(step, args=ocp.args.PyTreeRestore(t, restore_args=args, partial_restore=True))

@@ -89,23 +89,15 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     state, _ = ckpt.restore_newest(state)
     state = replicate(state, mesh)
   start = int(state.step)
-  # The steps after `start` are replayed: their log lines and best checkpoints go.
+  # The steps after `start` are replayed: their log lines go, and so do the best
+  # checkpoints before `start` that are no longer among the `keep_best` best.  The
+  # best checkpoints after `start` stay until the replay saves them again (a
+  # damaged newest checkpoint must not cost a readable best).
   # top: the `keep_best` best validations so far, best first (top[0] is the best).
-  top = top_records(truncate_metrics(metrics_path, start), cfg.keep_best)
-  for s in ckpt.steps(best=True):
-    if s > start or s not in [r["step"] for r in top]:
-      ckpt.delete(s, best=True)
-  for r in list(top):
-    try:
-      ckpt.restore_step(state, r["step"], best=True)
-    except CheckpointError as e:   # lost or damaged on disk (a kill never does this)
-      print(f"warning: the best checkpoint of step {r['step']} is unusable ({e}); its place is filled "
-            f"again among the validations after step {start}", file=sys.stderr)
-      top.remove(r)
+  top = ckpt.usable_top(state, truncate_metrics(metrics_path, start), cfg.keep_best)
+  ckpt.prune_best([r["step"] for r in top], upto=start)
   if top:
     write_json(best_path, best_json(top, cfg.keep_best))
-  elif os.path.exists(best_path) and is_primary():
-    os.remove(best_path)
 
   # Across hosts every process draws the same episodes on its host (a batch
   # drawn on one local device cannot be split over other hosts' devices).
@@ -155,7 +147,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
       if step % cfg.checkpoint_every == 0 or step == cfg.steps:
         _stop_if_failed(state, ckpt)
         ckpt.save(state)
-        ckpt.prune_best([r["step"] for r in top])   # the others are no longer in any checkpoint's top-K
+        ckpt.prune_best([r["step"] for r in top], upto=step)   # the others left every checkpoint's top-K
         t_mark = time.perf_counter()
   bar.close()
   _stop_if_failed(state, ckpt)
