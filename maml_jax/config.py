@@ -24,6 +24,12 @@ def _f(default, help: str, **kw):
   return field(default=default, metadata={"help": help, **kw})
 
 
+# Sizes past which a run could not fit any accelerator's or host's memory: refused
+# up front, rather than failing in an allocation deep inside data loading.
+MAX_IMAGE_SIZE = 2048
+MAX_BATCH_GIB = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """One run's settings.  `Config()` is the *base*: MAML's published Omniglot
@@ -156,6 +162,17 @@ class Config:
                  "test_episodes", "keep_best", "test_ensemble"):
       if getattr(self, name) < 1: problems.append(f"{name}={getattr(self, name)} must be >= 1")
     if self.val_every < 0: problems.append(f"val_every={self.val_every} must be >= 0 (0 = never)")
+    if self.image_size > MAX_IMAGE_SIZE:
+      problems.append(f"image_size={self.image_size} is over {MAX_IMAGE_SIZE} (one {self.image_size}x"
+                      f"{self.image_size} image alone is {self.image_size ** 2 * self.channels * 4 / 2**30:.1f} "
+                      f"GiB as float32)")
+    else:
+      images = self.tasks * self.ways * (self.shots + max(self.queries, self.eval_queries))
+      gib = images * self.image_size ** 2 * self.channels * 4 / 2**30
+      if gib > MAX_BATCH_GIB:
+        problems.append(f"a meta-batch of {images} images at {self.image_size}x{self.image_size}x{self.channels} "
+                        f"is {gib:.1f} GiB as float32, over {MAX_BATCH_GIB} GiB before any activation: lower "
+                        f"image_size, tasks, ways, shots or queries")
     validations = math.ceil(self.steps / self.val_every) if self.val_every > 0 else 0
     if self.test_ensemble > self.keep_best:
       problems.append(f"test_ensemble={self.test_ensemble} needs keep_best >= {self.test_ensemble} (it is "

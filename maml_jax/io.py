@@ -22,8 +22,59 @@ from maml_jax.data.files import (atomic_path, cache_root, sha256_file, umask, wr
 from maml_jax.errors import UserError
 
 
-class OutputExistsError(UserError):
-  """An output folder that is not empty, without permission to replace it."""
+class OutputPathError(UserError):
+  """An output path that cannot be written: under a file, read-only, or a file where a folder goes."""
+
+
+class OutputExistsError(OutputPathError):
+  """An output folder that is not empty (or an output file that exists), without permission to replace it."""
+
+
+def check_output_dir(path: str, option: str, overwrite: bool = False, ours: tuple[str, ...] = ()) -> None:
+  """Refuses, before any work is done, an output folder the command may not or
+  cannot write: one that exists as a file (never replaced), a non-empty one
+  (unless `overwrite`, or unless it holds only files named in `ours`: the
+  command's own earlier output), one under a file or on a read-only path."""
+  full = os.path.abspath(path)
+  if os.path.lexists(full) and not os.path.isdir(full):
+    raise OutputPathError(f"{option} {path}: exists and is a file, not a folder; choose another path "
+                          f"(the file is left as it is)")
+  if os.path.isdir(full) and not overwrite:
+    held = os.listdir(full)
+    if held and not set(held) <= set(ours):
+      raise OutputExistsError(f"{option} {path}: the folder exists and is not empty (pass --overwrite to "
+                              f"replace it)")
+  check_writable(os.path.dirname(full), option, path)
+  if os.path.isdir(full):
+    check_writable(full, option, path)
+
+
+def check_output_file(path: str, option: str, overwrite: bool = False) -> None:
+  """Refuses, before any work is done, an output file that exists (unless
+  `overwrite`), is a folder, or lies under a file or on a read-only path."""
+  full = os.path.abspath(path)
+  if os.path.isdir(full):
+    raise OutputPathError(f"{option} {path}: is a folder, not a file")
+  if os.path.lexists(full) and not overwrite:
+    raise OutputExistsError(f"{option} {path}: the file exists (pass --overwrite to replace it)")
+  check_writable(os.path.dirname(full), option, path)
+
+
+def check_writable(folder: str, option: str, shown: str) -> None:
+  """OutputPathError unless `folder` (or its nearest existing ancestor, where
+  the missing folders would be made) takes a new file.  Tried by writing one,
+  as permissions alone do not tell (root, read-only mounts)."""
+  anc = os.path.abspath(folder)
+  while not os.path.lexists(anc):
+    anc = os.path.dirname(anc)
+  if not os.path.isdir(anc):
+    raise OutputPathError(f"{option} {shown}: cannot be created: {anc} is a file")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".maml_jax_write_check.", dir=anc)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise OutputPathError(f"{option} {shown}: cannot write in {anc} ({e.strerror or e})") from None
 
 
 def save_figure(fig, path: str, **kwargs) -> None:
@@ -43,6 +94,9 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
   before any work is done, so a refusal costs nothing).
   """
   path = os.path.abspath(path)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise OutputPathError(f"{path}: exists and is a file, not a folder; choose another path (the file is left "
+                          f"as it is)")
   if os.path.isdir(path) and os.listdir(path) and not overwrite:
     raise OutputExistsError(f"{path}: the output folder exists and is not empty (pass --overwrite to replace it)")
   parent = os.path.dirname(path)

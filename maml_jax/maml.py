@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from maml_jax.config import Config
+from maml_jax.config import Config, ConfigError
 from maml_jax.episodes import Episodes
 
 PyTree = Any
@@ -52,6 +52,19 @@ def regex_mask(params: PyTree, pattern: str) -> PyTree:
   """Bool tree: True where the parameter path matches `pattern` ('' = all)."""
   rx = re.compile(pattern) if pattern else None
   return jax.tree.map(lambda name: rx is None or bool(rx.search(name)), path_names(params))
+
+
+def check_masks(params: PyTree, cfg: Config) -> None:
+  """ConfigError if `inner_mask` or `outer_mask` matches no parameter of the
+  network: the loop it selects would update nothing and the run would say
+  nothing of it."""
+  names = jax.tree.leaves(path_names(params))
+  for option in ("inner_mask", "outer_mask"):
+    pattern = getattr(cfg, option)
+    if pattern and not any(re.search(pattern, n) for n in names):
+      shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+      raise ConfigError(f"--{option.replace('_', '-')} {pattern!r} matches no parameter of the {cfg.model} "
+                        f"network (its parameter paths: {shown})")
 
 
 def inner_mask(params: PyTree, cfg: Config) -> PyTree:
@@ -84,6 +97,7 @@ def params_at_step(params: PyTree, cfg: Config, k) -> PyTree:
 def init_meta_params(model, cfg: Config, key, image_shape) -> PyTree:
   """Initial meta-parameters for images of `image_shape` (H, W, C)."""
   params = model.init(key, jnp.zeros((2,) + tuple(image_shape), jnp.float32))["params"]
+  check_masks(params, cfg)
   if cfg.per_step_bn:   # every inner step starts from the same scale and shift
     params = jax.tree.map(lambda w, n: jnp.broadcast_to(w, (bn_steps(cfg),) + w.shape) if is_bn(n) else w,
                           params, path_names(params))

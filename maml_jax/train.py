@@ -8,15 +8,19 @@ which the final meta-test evaluation uses (or their ensemble, `test_ensemble`).
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 import sys
 import time
 
 import jax
 
-from maml_jax.checkpoints import (CheckpointError, Checkpoints, IncompatibleRunError, best_json, check_or_write_config,
-                                  config_differences, read_config, top_records, truncate_metrics, write_json)
+from maml_jax.checkpoints import (Checkpoints, IncompatibleRunError, best_json, check_or_write_config,
+                                  config_differences, read_config, read_metrics, top_records, truncate_metrics,
+                                  write_json)
 from maml_jax.config import Config, ConfigError
 from maml_jax.data_sources import load_splits
 from maml_jax.data.progress import progress as progress_bar
@@ -39,13 +43,78 @@ def _has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
-def _stop_if_failed(state, ckpt: Checkpoints) -> None:
+# A run whose last logged meta-train loss is this many times its first diverged.
+DIVERGED_FACTOR = 4.0
+
+
+def _stop_if_failed(state, ckpt: Checkpoints, undo=None) -> None:
+  """NonFiniteLossError if a step of `state` failed; `undo()` first removes what
+  this run wrote when it saved no checkpoint."""
   bad = failed_step(state)
   if bad is not None:
     done = ckpt.steps()
-    kept = f"the last checkpoint, of step {done[0]}, is kept" if done else "no checkpoint was saved yet"
+    if not done and not ckpt.steps(best=True) and undo is not None:
+      ckpt.close()
+      undo()
+    kept = f"the last checkpoint, of step {done[0]}, is kept" if done else "nothing was kept"
     raise NonFiniteLossError(f"the loss or meta-gradient became non-finite (NaN or inf) at step {bad}; the run "
                              f"stopped there, {kept}. Lower --meta-lr or --inner-lr, or set --clip-norm")
+
+
+def outcome_warnings(lines: list[dict], test_accuracy: float, test_ci95: float, ways: int) -> list[str]:
+  """What a user must know before trusting a finished run: its training diverged
+  (the last logged meta-train loss is DIVERGED_FACTOR times the first, in
+  metrics.jsonl `lines`), or its meta-test accuracy is not above chance (the
+  95% interval reaches 1/ways).  [] when neither."""
+  out = []
+  losses = [r["loss"] for r in lines if isinstance(r.get("loss"), (int, float))]
+  if len(losses) >= 2 and losses[-1] > DIVERGED_FACTOR * losses[0]:
+    out.append(f"training diverged: the meta-train loss ended at {losses[-1]:.4g}, {losses[-1] / losses[0]:.0f}x "
+               f"its first logged value ({losses[0]:.4g}); lower --meta-lr or --inner-lr, or set --clip-norm")
+  chance = 1.0 / ways
+  if test_accuracy - test_ci95 <= chance:
+    out.append(f"the meta-test accuracy ({100 * test_accuracy:.2f} +- {100 * test_ci95:.2f}%) is not above chance "
+               f"({100 * chance:.1f}% for {ways} ways)")
+  return out
+
+
+def _remove_stale_temporaries(workdir: str) -> None:
+  """The temporary files of atomic writes that a killed run left in `workdir`
+  (one run writes a workdir at a time, so none of them is in use)."""
+  for pattern in (".*.json.*.tmp", "metrics.jsonl.tmp*"):
+    for p in glob.glob(os.path.join(workdir, pattern)):
+      os.remove(p)
+
+
+def _undo_empty_run(workdir: str, created: bool) -> None:
+  """Removes what a run that stopped before its first checkpoint wrote: its
+  config, metrics, empty checkpoint folders, and the workdir if it made it."""
+  for name in ("config.json", "metrics.jsonl", "best.json"):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  for name in ("checkpoints", "best"):
+    d = os.path.join(workdir, name)
+    if os.path.isdir(d) and not os.listdir(d):
+      os.rmdir(d)
+  if created and os.path.isdir(workdir) and not os.listdir(workdir):
+    os.rmdir(workdir)
+
+
+@contextlib.contextmanager
+def _undone_on_error(workdir: str):
+  """On an exception, removes what the block added to `workdir` (and `workdir`
+  itself if the block made it)."""
+  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+  try:
+    yield
+  except BaseException:
+    if before is None:
+      shutil.rmtree(workdir, ignore_errors=True)
+    elif os.path.isdir(workdir) and is_primary():
+      for name in set(os.listdir(workdir)) - before:
+        p = os.path.join(workdir, name)
+        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+    raise
 
 
 def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True, *,
@@ -71,19 +140,33 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     raise IncompatibleRunError(f"{workdir} already holds checkpoints; pass --resume to continue that run, "
                                f"or use another --workdir")
   model = model_for(cfg) if model is None else model   # an unknown --model fails here
-  if splits is None:
-    splits = load_splits(cfg, workdir)
-    for name, d in splits.items():
-      if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
-        raise ConfigError(f"{name} images are {d.image_shape}, the config asks for "
-                          f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+  created = not os.path.exists(workdir)
+  with _undone_on_error(workdir):   # a data set that fails (too few classes, a bad image) leaves no cache
+    if splits is None:
+      splits = load_splits(cfg, workdir)
+      for name, d in splits.items():
+        if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
+          raise ConfigError(f"{name} images are {d.image_shape}, the config asks for "
+                            f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+    # Across hosts every process draws the same episodes on its host (a batch
+    # drawn on one local device cannot be split over other hosts' devices).
+    on_device = cfg.on_device_data and jax.process_count() == 1
+    try:
+      train = EpisodeSampler(splits["train"], tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
+                             queries=cfg.queries, seed=cfg.seed, on_device=on_device)
+      val, test = eval_sampler(splits["val"], cfg, VAL_SEED), eval_sampler(splits["test"], cfg, TEST_SEED)
+    except ValueError as e:   # the sampler: too few classes, or images per class, for these episodes
+      raise ConfigError(f"{cfg.dataset}: {e}") from None
   synthetic = any(d.synthetic for d in splits.values())
   mesh = make_mesh(cfg.tasks)
   image_shape = splits["train"].image_shape
   state = replicate(init_state(model, cfg, jax.random.key(cfg.seed), image_shape), mesh)
+  new_run = not os.path.exists(os.path.join(workdir, "config.json"))
   os.makedirs(workdir, exist_ok=True)
+  _remove_stale_temporaries(workdir)
   check_or_write_config(workdir, cfg)
   ckpt = Checkpoints(workdir, cfg.keep_checkpoints)
+  undo = (lambda: _undo_empty_run(workdir, created)) if new_run and is_primary() else None
   best_path, metrics_path = os.path.join(workdir, "best.json"), os.path.join(workdir, "metrics.jsonl")
   if ckpt.steps():
     state, _ = ckpt.restore_newest(state)
@@ -99,12 +182,6 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   if top:
     write_json(best_path, best_json(top, cfg.keep_best))
 
-  # Across hosts every process draws the same episodes on its host (a batch
-  # drawn on one local device cannot be split over other hosts' devices).
-  on_device = cfg.on_device_data and jax.process_count() == 1
-  train = EpisodeSampler(splits["train"], tasks=cfg.tasks, ways=cfg.ways, shots=cfg.shots,
-                         queries=cfg.queries, seed=cfg.seed, on_device=on_device)
-  val, test = eval_sampler(splits["val"], cfg, VAL_SEED), eval_sampler(splits["test"], cfg, TEST_SEED)
   train_step = make_train_step(model, cfg, mesh)
   eval_step = make_eval_step(model, cfg, mesh)
 
@@ -119,7 +196,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
       bar.update(1)
       do_val = cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps)
       if step % cfg.log_every == 0 or step == cfg.steps or do_val:
-        _stop_if_failed(state, ckpt)
+        _stop_if_failed(state, ckpt, undo)
         m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
         train_seconds += time.perf_counter() - t_mark
         t_mark = time.perf_counter()
@@ -145,12 +222,12 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
         bar.set_postfix(postfix, refresh=False)
         t_mark = time.perf_counter()   # evaluation time does not count as training time
       if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        _stop_if_failed(state, ckpt)
+        _stop_if_failed(state, ckpt, undo)
         ckpt.save(state)
         ckpt.prune_best([r["step"] for r in top], upto=step)   # the others left every checkpoint's top-K
         t_mark = time.perf_counter()
   bar.close()
-  _stop_if_failed(state, ckpt)
+  _stop_if_failed(state, ckpt, undo)
   train_seconds += time.perf_counter() - t_mark
 
   final = state
@@ -171,12 +248,15 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     accs = episode_accuracies(make_ensemble_step(model, cfg, mesh), ensemble, test, cfg.test_episodes, mesh,
                               "meta-test", progress)
   final_sum = summary(accs)
+  warnings = outcome_warnings(read_metrics(metrics_path), final_sum["accuracy"], final_sum["ci95"], cfg.ways)
   results = {"test_accuracy": final_sum["accuracy"], "test_ci95": final_sum["ci95"],
              "test_episodes": final_sum["episodes"], "checkpoint_step": int(final.step),
              "best_val_accuracy": top[0]["val_accuracy"] if top else -1.0, "steps": cfg.steps,
              "synthetic_data": synthetic,
              "eval_inner_steps": cfg.eval_inner_steps, "ways": cfg.ways, "shots": cfg.shots,
-             "train_seconds_this_run": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1)}
+             "train_seconds_this_run": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+             "diverged": any(w.startswith("training diverged") for w in warnings),
+             "above_chance": not any("not above chance" in w for w in warnings), "warnings": warnings}
   if ensemble is not None:
     results.update(ensemble=ensemble_label(members), ensemble_steps=members)
   write_json(os.path.join(workdir, "results.json"), results)

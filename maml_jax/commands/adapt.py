@@ -60,9 +60,18 @@ examples:
   p.add_argument("--out", metavar="DIR", help="report folder (default: W/adapt-<dataset>-<K>shot, with -synthetic for the demo data)")
   p.add_argument("--save", metavar="DIR",
                  help="smi: keep the model adapted in trial 0 (parameters, support crops, settings) for `predict`")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out or --save folder")
   p.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic demo data (default 0)")
   p.set_defaults(func=main)
   return p
+
+
+def _default_out(args, name: str, ours: tuple[str, ...]) -> str:
+  """The report folder inside the workdir: its own earlier report is replaced, other files are not."""
+  from maml_jax import io as files
+  out = os.path.join(args.workdir, name)
+  files.check_output_dir(out, "the report folder", args.overwrite, ours=ours)
+  return out
 
 
 def _smi(args, learner) -> int:
@@ -114,7 +123,8 @@ def _smi(args, learner) -> int:
       "seconds": round(time.time() - start, 1)}
   if data.image_id is not None:
     metrics["trials"]["support_image_ids"] = [data.image_id[r].tolist() for r in res.support_rows]
-  out = args.out or os.path.join(args.workdir, f"adapt-smi-{shots}shot" + ("-synthetic" if data.synthetic else ""))
+  out = args.out or _default_out(args, f"adapt-smi-{shots}shot" + ("-synthetic" if data.synthetic else ""),
+                                 report.SMI_REPORT_FILES)
   paths = report.write_smi_report(out, metrics)
   print(report.smi_summary(metrics))
   print(f"wrote {', '.join(paths)}")
@@ -122,7 +132,7 @@ def _smi(args, learner) -> int:
     acc0 = float(np.mean(voting.majority(res.probs[0]) == res.query_y[0]))
     predictor.save(args.save, config=cfg, params=res.first_params, support_rois=res.first_support[0],
                    support_y=res.first_support[1], roi_names=data.roi_names, classes=data.classes,
-                   weights=res.weights[0], per_roi=args.per_roi_learners, synthetic=data.synthetic,
+                   weights=res.weights[0], per_roi=args.per_roi_learners, synthetic=data.synthetic, overwrite=args.overwrite,
                    info={"label_scheme": data.label_scheme, "source": data.source, "shots": shots,
                          "steps": learner.steps, "meta_trained": os.path.abspath(args.workdir),
                          "trial": 0, "trial0_majority_accuracy": acc0})
@@ -159,7 +169,7 @@ def _episodes(args, learner) -> int:
              "query_bn": cfg.query_bn,
              "accuracy": {"mean": stat["accuracy"], "ci95": stat["ci95"], "std": stat["std"], "n": stat["episodes"],
                           "per_episode": accs}}
-  out = args.out or os.path.join(args.workdir, f"adapt-{args.dataset}-{shots}shot")
+  out = args.out or _default_out(args, f"adapt-{args.dataset}-{shots}shot", report.EPISODE_REPORT_FILES)
   paths = report.write_episode_report(out, metrics)
   tag = "SYNTHETIC " if test.synthetic else ""
   print(f"{tag}{args.dataset}: {cfg.ways}-way {shots}-shot, {episodes} episodes: accuracy "
@@ -181,6 +191,13 @@ def main(args) -> int:
       raise SMIDataError("--save and --per-roi-learners apply to --dataset smi only")
     if not os.path.isdir(args.workdir):
       raise SMIDataError(f"{args.workdir}: no such workdir (meta-train a model there first)")
+    if args.steps is not None and args.steps < 0:
+      raise SMIDataError(f"--steps must be >= 0, got {args.steps}")
+    from maml_jax import io as files
+    if args.out:
+      files.check_output_dir(args.out, "--out", args.overwrite)
+    if args.save:
+      files.check_output_dir(args.save, "--save", args.overwrite)
     try:
       learner = load_learner(args.workdir, args.steps)
     except (FileNotFoundError, ValueError) as e:

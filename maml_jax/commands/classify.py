@@ -44,6 +44,7 @@ examples:
                  help="image decoding: auto (the run's training data's: omniglot for an Omniglot run, else "
                       "folder), omniglot (dark ink on white, inverted), folder (the image-folder fitting)")
   p.add_argument("--out", metavar="DIR", help="write predictions.csv and results.json here")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
   p.add_argument("--no-progress", action="store_true", help="no progress output")
   p.set_defaults(func=main)
   return p
@@ -115,6 +116,8 @@ def main(args) -> int:
     raise UserError("pass --support DIR and --query DIR (one episode), or --episodes DIR")
   if args.steps is not None and args.steps < 0:
     raise UserError(f"--steps must be >= 0, got {args.steps}")
+  if args.out:
+    files.check_output_dir(args.out, "--out", args.overwrite)
   # Folders first: a layout mistake is reported before the model is loaded.
   episodes = (ef.scan_episodes(args.episodes) if args.episodes
               else [ef.scan_episode(args.support, args.query)])

@@ -144,6 +144,9 @@ def settings_from_args(args):
     raise ValueError(f"--xray-meta must be a share in [0, 1), got {args.xray_meta}")
   if args.xray_bins < 2:
     raise ValueError(f"--xray-bins must be >= 2, got {args.xray_bins}")
+  if args.vgg16_weights:
+    from maml_jax.pretrained.vgg16_weights import weight_format
+    weight_format(args.vgg16_weights)   # a file of neither format is refused before anything is written
   methods = args.methods
   if args.xray_meta and methods is paper.DEFAULT_METHODS:
     methods = methods + ("metaxr",)
@@ -202,6 +205,16 @@ def main(args) -> int:
     s = settings_from_args(args)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  from maml_jax import io as files
+  try:
+    files.check_output_dir(s.out, "--out", overwrite=True)
+  except files.OutputPathError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if os.path.isdir(s.out) and os.listdir(s.out) and not os.path.exists(os.path.join(s.out, "experiment.json")):
+    print(f"error: --out {s.out}: the folder holds other files and no experiment results (no experiment.json); "
+          f"use a new or empty folder", file=sys.stderr)
     return 2
   datasets = list(dict.fromkeys(paper.TABLE_DATASET[t] for t in args.table))
   command = "python run.py experiment " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[2:]))

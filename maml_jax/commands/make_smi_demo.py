@@ -21,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--images", metavar="DIR", help="also write 512x512 PNGs + labels.csv + rois.csv here")
   p.add_argument("--limit", type=int, default=0, metavar="N", help="with --images: the first N images only")
   p.add_argument("--preview", metavar="PNG", help="write a montage of ROI crops by stage")
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out or --images folder, or an "
+                 "existing --preview file")
   p.set_defaults(func=main)
   return p
 
@@ -29,6 +30,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args) -> int:
   from maml_jax.smi import demo_images, shards, synthetic
 
+  from maml_jax import io as files
+  if args.out:
+    files.check_output_dir(args.out, "--out", args.overwrite)
+  if args.images:
+    files.check_output_dir(args.images, "--images", args.overwrite)
+  if args.preview:
+    files.check_output_file(args.preview, "--preview", args.overwrite)
   out = args.out or synthetic.demo_dir(args.seed)
   data = synthetic.write_demo(out, args.seed, overwrite=args.overwrite or not args.out)
   print(f"wrote {out}: {shards.describe(data)}")

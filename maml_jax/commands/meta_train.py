@@ -22,8 +22,16 @@ def add_parser(sub):
 
 
 def main(args) -> int:
+  import os
+  from maml_jax import io as files
+  from maml_jax.checkpoints import IncompatibleRunError
   from maml_jax.distributed import maybe_initialize
   cfg = config_from_args(args)
+  files.check_output_dir(args.workdir, "--workdir", overwrite=True)
+  if os.path.isdir(args.workdir) and os.listdir(args.workdir) and \
+      not os.path.exists(os.path.join(args.workdir, "config.json")):
+    raise IncompatibleRunError(f"--workdir {args.workdir}: the folder holds other files and no run (no "
+                               f"config.json); use a new or empty folder")
   maybe_initialize(args.distributed)
   from maml_jax.train import train_and_evaluate
   r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
@@ -32,4 +40,6 @@ def main(args) -> int:
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "
         f"+- {100 * r['test_ci95']:.2f}% (95% CI, {r['test_episodes']} episodes, {cfg.eval_inner_steps} inner "
         f"steps, {which}); training took {r['train_seconds_this_run']:.0f} s; files in {args.workdir}")
+  for w in r["warnings"]:   # last, where a user looks
+    print(f"warning: {w}")
   return 0

@@ -39,6 +39,8 @@ The ROI CSV has the forms `prepare-smi` reads (long, wide, or a template
   p.add_argument("--rule", choices=("majority", "average", "weighted"), default="majority",
                  help="how ROI predictions are combined (default: %(default)s, the paper's rule)")
   p.add_argument("--csv", metavar="OUT", help="also write the predictions to this CSV")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file or non-empty --preview "
+                 "folder")
   p.set_defaults(func=main)
   return p
 
@@ -98,6 +100,10 @@ def main(args) -> int:
   from maml_jax.smi import images, predictor, prepare
   from maml_jax.smi.errors import SMIDataError
 
+  if args.csv:
+    files.check_output_file(args.csv, "--csv", args.overwrite)
+  if args.preview:
+    files.check_output_dir(args.preview, "--preview", args.overwrite)
   model = predictor.load(args.model)
   if args.image:
     if not os.path.isfile(args.image):

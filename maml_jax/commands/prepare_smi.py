@@ -90,9 +90,9 @@ def main(args) -> int:
 
   if args.shard_size < 1:
     raise SMIDataError(f"--shard-size must be >= 1, got {args.shard_size}")
-  for folder in (args.out, args.preview):
-    if folder and os.path.isdir(folder) and os.listdir(folder) and not args.overwrite:
-      raise SMIDataError(f"{folder}: the output folder exists and is not empty (pass --overwrite to replace it)")
+  for option, folder in (("--out", args.out), ("--preview", args.preview)):
+    if folder:
+      files.check_output_dir(folder, option, args.overwrite)
   ages = None
   if args.age_boundaries:
     try:

@@ -36,7 +36,12 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from maml_jax.errors import UserError
 from maml_jax.pretrained import torch_pickle
+
+
+class WeightFileError(UserError):
+  """A VGG16 weight file that is missing, of neither format, or of other shapes."""
 
 WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 TORCH_LAYERS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -87,10 +92,10 @@ def read_torchvision(path: str) -> Vgg16Weights:
     w, b = f"features.{i}.weight", f"features.{i}.bias"
     for key in (w, b):
       if key not in state:
-        raise ValueError(f"{path}: no tensor '{key}' (expected torchvision's VGG16 state dict, "
+        raise WeightFileError(f"{path}: no tensor '{key}' (expected torchvision's VGG16 state dict, "
                          f"found {len(seen)} tensors: {seen[:4]}...)")
     if state[w].ndim != 4:
-      raise ValueError(f"{path}: '{w}' has shape {state[w].shape}, expected a conv kernel [O, I, 3, 3]")
+      raise WeightFileError(f"{path}: '{w}' has shape {state[w].shape}, expected a conv kernel [O, I, 3, 3]")
     params[name] = {"kernel": state[w].astype(np.float32).transpose(2, 3, 1, 0),   # OIHW -> HWIO
                     "bias": state[b].astype(np.float32)}
   return Vgg16Weights(params, TORCHVISION_MEAN, TORCHVISION_STD, "torchvision")
@@ -112,17 +117,17 @@ def _keras_layer_weights(root, layer: str, path: str) -> tuple[np.ndarray, np.nd
     g = root[layer]
     names = [_h5_str(n) for n in g.attrs["weight_names"]]
     if len(names) != 2:
-      raise ValueError(f"{path}: layer '{layer}' holds {len(names)} weights {names}, expected kernel and bias")
+      raise WeightFileError(f"{path}: layer '{layer}' holds {len(names)} weights {names}, expected kernel and bias")
     kernel = [n for n in names if n.split("/")[-1].startswith(("kernel", f"{layer}_W"))]
     bias = [n for n in names if n.split("/")[-1].startswith(("bias", f"{layer}_b"))]
     if len(kernel) != 1 or len(bias) != 1:
-      raise ValueError(f"{path}: cannot tell kernel from bias in layer '{layer}': {names}")
+      raise WeightFileError(f"{path}: cannot tell kernel from bias in layer '{layer}': {names}")
     return np.asarray(g[kernel[0]]), np.asarray(g[bias[0]])
   if "layers" in root and layer in root["layers"] and "vars" in root["layers"][layer]:
     v = root["layers"][layer]["vars"]
     return np.asarray(v["0"]), np.asarray(v["1"])
   found = list(root.attrs["layer_names"]) if "layer_names" in root.attrs else list(root.keys())
-  raise ValueError(f"{path}: no layer '{layer}' with weights (found {[_h5_str(n) for n in found][:6]}...)")
+  raise WeightFileError(f"{path}: no layer '{layer}' with weights (found {[_h5_str(n) for n in found][:6]}...)")
 
 
 def read_keras_h5(path: str) -> Vgg16Weights:
@@ -146,19 +151,26 @@ def read_keras_h5(path: str) -> Vgg16Weights:
   return Vgg16Weights(params, KERAS_MEAN, KERAS_STD, "keras")
 
 
-def read_weights(path: str | os.PathLike) -> Vgg16Weights:
-  """Reads a torchvision `.pth` or Keras `.h5` VGG16 weight file (told apart by content)."""
+def weight_format(path: str | os.PathLike) -> str:
+  """"keras" or "torch", told apart by content; WeightFileError for a missing
+  file or one of neither format (checked before any work is done)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no VGG16 weight file at {path}")
+    raise WeightFileError(f"no VGG16 weight file at {path}")
   with open(path, "rb") as f:
     head = f.read(8)
   if head == b"\x89HDF\r\n\x1a\n":
-    return read_keras_h5(path)
+    return "keras"
   if zipfile.is_zipfile(path) or head[:1] == b"\x80":
-    return read_torchvision(path)
-  raise ValueError(f"{path}: neither a torch file (torchvision's vgg16-397923af.pth) nor HDF5 "
+    return "torch"
+  raise WeightFileError(f"{path}: neither a torch file (torchvision's vgg16-397923af.pth) nor HDF5 "
                    "(Keras's vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+
+
+def read_weights(path: str | os.PathLike) -> Vgg16Weights:
+  """Reads a torchvision `.pth` or Keras `.h5` VGG16 weight file (told apart by content)."""
+  path = os.fspath(path)
+  return read_keras_h5(path) if weight_format(path) == "keras" else read_torchvision(path)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -193,7 +205,7 @@ def fit_to_model(weights: Vgg16Weights, target: Mapping[str, Any],
   """
   missing = [n for n in PARAM_NAMES if n not in target]
   if missing:
-    raise ValueError(f"the model has no parameters {missing} (VGG16's 13 convs are conv_0..conv_12; "
+    raise WeightFileError(f"the model has no parameters {missing} (VGG16's 13 convs are conv_0..conv_12; "
                      f"its top-level entries are {sorted(target)})")
   out = dict(target)
   for name in PARAM_NAMES:
@@ -205,10 +217,10 @@ def fit_to_model(weights: Vgg16Weights, target: Mapping[str, Any],
       if len(want_k) == 4 and want_k[2] == 1 and kernel.shape[2] == 3:
         kernel = kernel.sum(axis=2, keepdims=True)   # gray replicated into RGB
     if kernel.shape != want_k:
-      raise ValueError(f"{weights.source} VGG16 weights: {name}/kernel has shape {kernel.shape}, "
+      raise WeightFileError(f"{weights.source} VGG16 weights: {name}/kernel has shape {kernel.shape}, "
                        f"the model expects {want_k}")
     if bias.shape != want_b:
-      raise ValueError(f"{weights.source} VGG16 weights: {name}/bias has shape {bias.shape}, "
+      raise WeightFileError(f"{weights.source} VGG16 weights: {name}/bias has shape {bias.shape}, "
                        f"the model expects {want_b}")
     out[name] = {**target[name], "kernel": kernel, "bias": bias}
   return out

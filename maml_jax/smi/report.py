@@ -184,12 +184,16 @@ def smi_markdown(metrics: dict) -> str:
   return "\n".join(lines)
 
 
+SMI_REPORT_FILES = ("metrics.json", "report.md", "confusion.png", "roi_accuracy.png")
+EPISODE_REPORT_FILES = ("metrics.json", "report.md")
+
+
 def write_smi_report(out_dir: str, metrics: dict) -> list[str]:
   """Writes report.md, metrics.json, confusion.png, roi_accuracy.png; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   tag = "SYNTHETIC demo data — " if metrics["synthetic"] else ""
   p = metrics["protocol"]
-  paths = [os.path.join(out_dir, n) for n in ("metrics.json", "report.md", "confusion.png", "roi_accuracy.png")]
+  paths = [os.path.join(out_dir, n) for n in SMI_REPORT_FILES]
   files.write_json(paths[0], _jsonable(metrics))
   files.write_text(paths[1], smi_markdown(metrics))
   plot_confusion(np.array(metrics["rules"]["majority"]["confusion"]), metrics["data"]["classes"],
@@ -238,7 +242,7 @@ def write_episode_report(out_dir: str, metrics: dict) -> list[str]:
             f"- {metrics['episodes']} episodes: {metrics['ways']}-way, {metrics['shots']} shots, "
             f"{metrics['queries']} queries per class, seed {metrics['seed']}.",
             f"- Accuracy: **{_pct(a)} %** (mean ± 95% CI over episodes, t distribution).", ""]
-  paths = [os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "report.md")]
+  paths = [os.path.join(out_dir, n) for n in EPISODE_REPORT_FILES]
   files.write_json(paths[0], _jsonable(metrics))
   files.write_text(paths[1], "\n".join(lines))
   return paths
