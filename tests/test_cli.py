@@ -70,3 +70,48 @@ def test_evaluate_and_adapt_meta_test_give_identical_accuracies(tmp_path, capsys
   np.testing.assert_array_equal(via_adapt["per_episode"], via_evaluate["per_episode"])
   assert via_adapt["mean"] == via_evaluate["test_accuracy"] and via_adapt["ci95"] == via_evaluate["test_ci95"]
   assert len(via_evaluate["per_episode"]) == 10 and np.isfinite(via_evaluate["test_ci95"])
+
+
+@pytest.fixture
+def a_file(tmp_path):
+  f = tmp_path / "F"
+  f.write_text("a user's file\n")
+  return f
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["meta-train", "--workdir", "{F}"], "--workdir"),
+    (["meta-train", "--workdir", "{F}/sub"], "--workdir"),
+    (["prepare-smi", "--images", "{d}", "--labels", "{d}/l.csv", "--out", "{F}"], "--out"),
+    (["prepare-smi", "--images", "{d}", "--labels", "{d}/l.csv", "--out", "{d}/o", "--preview", "{F}"],
+     "--preview"),
+    (["experiment", "--table", "3", "--out", "{F}"], "--out"),
+    (["experiment", "--table", "3", "--out", "{F}/sub"], "--out"),
+    (["classify", "--support", "{d}", "--query", "{d}", "--out", "{F}"], "--out"),
+    (["predict", "--model", "{d}/m", "--image", "{d}/x.png", "--csv", "{F}"], "--csv"),
+    (["predict", "--model", "{d}/m", "--image", "{d}/x.png", "--csv", "{F}/sub.csv"], "--csv"),
+    (["adapt", "--workdir", "{d}", "--out", "{F}"], "--out"),
+    (["meta-train", "--workdir", "/sys/maml_jax_run"], "--workdir"),
+])
+def test_an_output_path_that_is_a_file_or_unwritable_is_refused_and_the_file_kept(argv, option, a_file, tmp_path,
+                                                                                   capsys):
+  argv = [a.format(F=a_file, d=tmp_path) for a in argv]
+  before = sorted(os.listdir(tmp_path))
+  line = _error(argv, capsys)
+  assert line.startswith(f"error: {option} ") and ("file" in line or "cannot write" in line), line
+  assert a_file.read_text() == "a user's file\n" and sorted(os.listdir(tmp_path)) == before
+
+
+def test_output_folders_that_hold_files_are_refused_without_overwrite(tmp_path):
+  from maml_jax import io as files
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "notes.txt").write_text("x")
+  with pytest.raises(files.OutputExistsError, match="not empty .pass --overwrite"):
+    files.check_output_dir(str(tmp_path / "full"), "--save")
+  files.check_output_dir(str(tmp_path / "full"), "--save", overwrite=True)
+  files.check_output_dir(str(tmp_path / "full"), "--out", ours=("notes.txt",))   # its own earlier output
+  with pytest.raises(files.OutputExistsError, match="the file exists .pass --overwrite"):
+    files.check_output_file(str(tmp_path / "full" / "notes.txt"), "--csv")
+  with pytest.raises(files.OutputPathError, match="is a folder"):
+    files.check_output_file(str(tmp_path / "full"), "--csv", overwrite=True)
+  files.check_output_dir(str(tmp_path / "new" / "deeper"), "--out")   # missing folders are made later

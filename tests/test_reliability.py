@@ -90,7 +90,8 @@ def test_resume_with_another_cosine_length_is_refused_before_writing(tmp_path):
 
 @pytest.mark.parametrize("bad", [dict(model="conv5"), dict(dataset="cifar10"), dict(log_every=0),
                                  dict(checkpoint_every=0), dict(keep_checkpoints=0), dict(steps=-3),
-                                 dict(image_size=0), dict(meta_lr=float("nan")), dict(inner_lr=float("inf"))])
+                                 dict(image_size=0), dict(meta_lr=float("nan")), dict(inner_lr=float("inf")),
+                                 dict(image_size=100000), dict(image_size=2048, tasks=32, queries=15)])
 def test_invalid_settings_write_nothing(tmp_path, bad):
   w = tmp_path / "w"
   with pytest.raises(ConfigError, match=next(iter(bad))):
@@ -159,3 +160,47 @@ def test_atomic_dir_follows_the_umask_and_removes_stale_temporaries(tmp_path):
   assert not stale.exists()
   assert oct(os.stat(tmp_path / "out").st_mode & 0o777) == oct(0o755)
   assert oct(os.stat(tmp_path / "out" / "a.json").st_mode & 0o777) == oct(0o644)
+
+
+@pytest.mark.parametrize("option", ["outer_mask", "inner_mask"])
+def test_a_mask_that_matches_no_parameter_is_refused_before_anything_is_written(tmp_path, option):
+  w = tmp_path / "w"
+  with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')} 'zzzz' matches no parameter of the tiny"):
+    train.train_and_evaluate(get_preset("tiny").replace(**{option: "zzzz"}), str(w), progress=False)
+  assert not w.exists()
+
+
+def test_a_folder_dataset_with_fewer_classes_than_ways_leaves_nothing(tmp_path):
+  from PIL import Image
+  for c in "ab":
+    (tmp_path / "imgs" / c).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+  w = tmp_path / "w"
+  cfg = get_preset("tiny").replace(dataset="folder", image_folder=str(tmp_path / "imgs"))
+  with pytest.raises(ConfigError, match="3-way episodes need 3 classes"):
+    train.train_and_evaluate(cfg, str(w), progress=False)
+  assert not w.exists()   # no cache, no splits.json, no best/
+
+
+def test_nan_at_the_first_step_leaves_nothing(tmp_path, monkeypatch):
+  cfg = get_preset("tiny").replace(steps=4, val_every=2, checkpoint_every=2, log_every=1)
+
+  class Poisoned(EpisodeSampler):
+    def __call__(self, i):
+      b = super().__call__(i)
+      return b._replace(query_x=b.query_x * np.nan) if self.seed == cfg.seed and i == 0 else b
+  monkeypatch.setattr(train, "EpisodeSampler", Poisoned)
+  w = tmp_path / "w"
+  with pytest.raises(train.NonFiniteLossError, match="at step 1;.* nothing was kept"):
+    train.train_and_evaluate(cfg, str(w), progress=False)
+  assert not w.exists()
+
+
+def test_diverged_and_at_chance_runs_are_named():
+  lines = [{"step": 1, "loss": 1.6}, {"step": 2, "loss": 1.2}, {"step": 3, "loss": 367.0}]
+  w = train.outcome_warnings(lines, 0.2133, 0.02, 5)
+  assert len(w) == 2 and w[0].startswith("training diverged: the meta-train loss ended at 367, 229x")
+  assert "not above chance (20.0% for 5 ways)" in w[1]
+  assert train.outcome_warnings(lines[:2], 0.9, 0.02, 5) == []
+  assert train.outcome_warnings(lines[:2], 0.22, 0.03, 5) != []   # the interval reaches chance

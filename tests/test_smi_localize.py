@@ -332,3 +332,21 @@ def test_real_xrays_prepare_then_adapt(tmp_path, capsys, mode):
   assert main(["adapt", "--workdir", wd, "--data", str(tmp_path / "out"), "--shots", "5", "--queries", str(q),
                "--trials", "1", "--no-weighted", "--out", str(tmp_path / "rep")]) == 0
   assert (tmp_path / "rep" / "metrics.json").is_file()
+
+
+def test_uniform_noise_is_refused_as_not_a_radiograph():
+  # 512x512 uniform noise used to pass every later check once `work_image` had
+  # blurred it into blobs.
+  noise = (np.random.default_rng(0).random((512, 512)) * 255).astype(np.uint8)
+  with pytest.raises(localize.LocalizationError, match="not a radiograph: neighbouring pixels correlate"):
+    localize.locate(noise, where="noise.png")
+  image, _ = draw_hand(seed=0)
+  assert localize.pixel_correlation(image) > localize.MIN_PIXEL_CORRELATION
+
+
+def test_an_upside_down_hand_is_noted_and_an_upright_one_is_not():
+  image, joints = draw_hand(seed=5)
+  assert "upside down" not in localize.locate(image).note
+  h, w = image.shape
+  turned = check(image[::-1, ::-1].copy(), {n: np.array([w - 1 - x, h - 1 - y]) for n, (x, y) in joints.items()})
+  assert "the fingers point down (is the image upside down?)" in turned.note

@@ -253,18 +253,40 @@ BINS = 180
 OUTLINE_SLACK = 0.3  # palm radii a located joint may lie outside the hand mask
 FINGER_SPAN = 115  # degrees either side of "away from the arm" where fingertips are looked for
 THUMB_MARGIN = 0.25  # thumb-score difference needed to call a right hand
+UPSIDE_DOWN = 0.5   # the hand's axis (wrist to fingers) pointing this far down the image is noted
 RAGGED = 110  # outline perimeter^2 / area above which a region is speckle, not a hand (hands: 20-80)
 THUMB_MIDLINE = 0.4  # the thumb's axis: its midline out to this share of its scale from the tip
 MIN_REACH = 1.3  # a fingertip lies at least this many palm radii from the palm centre
 MIN_DROP = 0.12  # a fingertip stands this many palm radii above the valleys beside it
 
 
+# A radiograph is smooth at the pixel scale: neighbouring pixels correlate strongly
+# (docs/smi-localisation.md gives the range over the shared radiographs).  Noise,
+# whose neighbours are independent, is refused before the downscaling and blur of
+# `work_image` turn it into smooth blobs that look like a hand.
+MIN_PIXEL_CORRELATION = 0.5
+
+
+def pixel_correlation(image: np.ndarray) -> float:
+  """Correlation of horizontally neighbouring pixels of a [h, w] image (1: smooth, 0: noise)."""
+  a = np.asarray(image, np.float64)
+  x, y = a[:, :-1].ravel(), a[:, 1:].ravel()
+  sx, sy = x.std(), y.std()
+  if sx == 0 or sy == 0:
+    return 1.0   # constant: the blank-image check says so
+  return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
 def hand_region(image: np.ndarray, *, where: str = "image", level: float = 0.0) -> HandRegion:
   """Finds the hand mask, the palm and (when the arm leaves the frame) the arm's direction.
 
   Raises:
-    LocalizationError for a blank image or one with no hand-sized bright region.
+    LocalizationError for a blank image, noise, or one with no hand-sized bright region.
   """
+  c = pixel_correlation(image)
+  if c < MIN_PIXEL_CORRELATION:
+    raise LocalizationError(where, "hand", f"not a radiograph: neighbouring pixels correlate {c:.2f} (noise or "
+                            f"texture; radiographs are smooth, over {MIN_PIXEL_CORRELATION})")
   g, s = work_image(image)
   if float(np.percentile(g, 99.5) - np.percentile(g, 0.5)) < 0.05:
     raise LocalizationError(where, "hand", "the image is blank (no contrast)")
@@ -458,6 +480,9 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
     mirrored = hand == "right"
     doubt = (f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
              + (f"taken from --hand {hand}" if hand != "auto" else "assumed a left hand"))
+  if up[1] > UPSIDE_DOWN:   # image y grows downwards: the fingers point to the bottom edge
+    doubt = "; ".join(n for n in (doubt, "the fingers point down (is the image upside down?); the ROIs are "
+                                  "cropped as the hand lies") if n)
   # The webs between neighbouring fingers: the outline's lowest point between their peaks.
   webs = []
   for (_, p0), (_, p1) in zip(fingers[:-1], fingers[1:]):
