@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -43,7 +44,9 @@ def _has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
-# A run whose last logged meta-train loss is this many times its first diverged.
+# A run whose last logged meta-train loss is this many times the smaller of its
+# first logged loss and chance-level cross-entropy (ln ways, a uniform guess)
+# diverged: a network that learns nothing stays near ln(ways).
 DIVERGED_FACTOR = 4.0
 
 
@@ -63,18 +66,21 @@ def _stop_if_failed(state, ckpt: Checkpoints, undo=None) -> None:
 
 def outcome_warnings(lines: list[dict], test_accuracy: float, test_ci95: float, ways: int) -> list[str]:
   """What a user must know before trusting a finished run: its training diverged
-  (the last logged meta-train loss is DIVERGED_FACTOR times the first, in
-  metrics.jsonl `lines`), or its meta-test accuracy is not above chance (the
-  95% interval reaches 1/ways).  [] when neither."""
+  (the last logged meta-train loss in metrics.jsonl `lines` is DIVERGED_FACTOR
+  times the smaller of the first one and ln(ways)), or its meta-test accuracy
+  is not above chance (the 95% interval reaches 1/ways); the divergence last,
+  where a user looks.  [] when neither."""
   out = []
   losses = [r["loss"] for r in lines if isinstance(r.get("loss"), (int, float))]
-  if len(losses) >= 2 and losses[-1] > DIVERGED_FACTOR * losses[0]:
-    out.append(f"training diverged: the meta-train loss ended at {losses[-1]:.4g}, {losses[-1] / losses[0]:.0f}x "
-               f"its first logged value ({losses[0]:.4g}); lower --meta-lr or --inner-lr, or set --clip-norm")
+  ref = min(losses[0], math.log(ways)) if losses else 0.0
   chance = 1.0 / ways
   if test_accuracy - test_ci95 <= chance:
     out.append(f"the meta-test accuracy ({100 * test_accuracy:.2f} +- {100 * test_ci95:.2f}%) is not above chance "
                f"({100 * chance:.1f}% for {ways} ways)")
+  if losses and losses[-1] > DIVERGED_FACTOR * ref:
+    out.append(f"training diverged: the meta-train loss ended at {losses[-1]:.4g}, {losses[-1] / ref:.0f}x "
+               f"{'its first logged value' if ref == losses[0] else f'that of a uniform guess (ln {ways})'} "
+               f"({ref:.4g}); lower --meta-lr or --inner-lr, or set --clip-norm")
   return out
 
 

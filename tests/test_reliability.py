@@ -200,7 +200,11 @@ def test_nan_at_the_first_step_leaves_nothing(tmp_path, monkeypatch):
 def test_diverged_and_at_chance_runs_are_named():
   lines = [{"step": 1, "loss": 1.6}, {"step": 2, "loss": 1.2}, {"step": 3, "loss": 367.0}]
   w = train.outcome_warnings(lines, 0.2133, 0.02, 5)
-  assert len(w) == 2 and w[0].startswith("training diverged: the meta-train loss ended at 367, 229x")
-  assert "not above chance (20.0% for 5 ways)" in w[1]
+  assert len(w) == 2 and w[-1].startswith("training diverged: the meta-train loss ended at 367, 229x its first")
+  # Already diverged at the first log (--inner-lr 100 logs 1263 at step 10): against ln(5).
+  late = [{"step": 10, "loss": 1263.0}, {"step": 60, "loss": 131.6}]
+  assert train.outcome_warnings(late, 0.5, 0.02, 5)[-1].startswith(
+      "training diverged: the meta-train loss ended at 131.6, 82x that of a uniform guess (ln 5)")
+  assert "not above chance (20.0% for 5 ways)" in w[0]
   assert train.outcome_warnings(lines[:2], 0.9, 0.02, 5) == []
   assert train.outcome_warnings(lines[:2], 0.22, 0.03, 5) != []   # the interval reaches chance

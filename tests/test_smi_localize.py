@@ -349,4 +349,4 @@ def test_an_upside_down_hand_is_noted_and_an_upright_one_is_not():
   assert "upside down" not in localize.locate(image).note
   h, w = image.shape
   turned = check(image[::-1, ::-1].copy(), {n: np.array([w - 1 - x, h - 1 - y]) for n, (x, y) in joints.items()})
-  assert "the fingers point down (is the image upside down?)" in turned.note
+  assert "the fingers point down (is the image upside down" in turned.note

@@ -481,8 +481,8 @@ def _geometry_of(reg: HandRegion, *, where: str, hand: str) -> HandGeometry:
     doubt = (f"thumb side uncertain (end gaps {np.degrees(gaps[0]):.0f} and {np.degrees(gaps[-1]):.0f} degrees): "
              + (f"taken from --hand {hand}" if hand != "auto" else "assumed a left hand"))
   if up[1] > UPSIDE_DOWN:   # image y grows downwards: the fingers point to the bottom edge
-    doubt = "; ".join(n for n in (doubt, "the fingers point down (is the image upside down?); the ROIs are "
-                                  "cropped as the hand lies") if n)
+    doubt = "; ".join(n for n in (doubt, "the fingers point down (is the image upside down, or the hand's "
+                                  "direction mistaken? check its boxes); the ROIs are cropped as found") if n)
   # The webs between neighbouring fingers: the outline's lowest point between their peaks.
   webs = []
   for (_, p0), (_, p1) in zip(fingers[:-1], fingers[1:]):

@@ -169,6 +169,34 @@ def probes(work: str, scratch: str):
   predict = lambda model: ["predict", "--model", model, "--image", os.path.join(imgs, sorted(
       n for n in os.listdir(imgs) if n.endswith(".png"))[0]), "--rois", rois]
   X = lambda d: os.path.join(d, "x.csv")
+
+  def user_file(d):
+    with open(os.path.join(d, "F"), "w") as f:
+      f.write("a user's file\n")
+
+  def user_folder(d):
+    os.makedirs(os.path.join(d, "d"))
+    user_file(os.path.join(d, "d"))
+
+  def two_classes(d):
+    from PIL import Image
+    for c in "ab":
+      os.makedirs(os.path.join(d, "two", c))
+      for i in range(3):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(os.path.join(d, "two", c, f"{i}.png"))
+
+  def noise_set(d):
+    from PIL import Image
+    os.makedirs(os.path.join(d, "noise"))
+    noise = (np.random.default_rng(0).random((512, 512)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(os.path.join(d, "noise", "n.png"))
+    with open(os.path.join(d, "noise", "labels.csv"), "w") as f:
+      f.write("image_id,stage\nn,1\n")
+
+  run_args = lambda cmd, *a: [cmd, "--workdir", os.path.join(work, "run"), *a]
+  prep_to = lambda out: ["prepare-smi", "--images", imgs, "--labels", labels, "--rois", rois, "--out", out,
+                         "--stages", "5"]
+  prep_noise = ["prepare-smi", "--images", "@/noise", "--labels", "@/noise/labels.csv", "--out", "@/o"]
   out = [
       ("--model conv5", tiny + ["--model", "conv5"], None),
       ("--dataset cifar10", tiny + ["--dataset", "cifar10"], None),
@@ -209,6 +237,34 @@ def probes(work: str, scratch: str):
       ("saved model: a parameter of the wrong shape", predict, model_with(wrong_shape)),
       ("saved model: NaN parameters", predict, model_with(nan_params)),
       ("saved model: support.npz missing", predict, model_with(lambda m: os.remove(os.path.join(m, "support.npz")))),
+      # Outputs: a user's file is never replaced, an unwritable path is named.
+      ("meta-train --workdir is a file", tiny[:-1] + ["@/F"], user_file),
+      ("meta-train --workdir under a file", tiny[:-1] + ["@/F/sub"], user_file),
+      ("meta-train --workdir read-only", tiny[:-1] + ["/sys/maml_jax_probe"], None),
+      ("meta-train --workdir holds other files", tiny[:-1] + ["@/d"], user_folder),
+      ("adapt --out is a file", run_args("adapt", "--data", os.path.join(work, "shards"), "--out", "@/F"), user_file),
+      ("adapt --save is a non-empty folder", run_args("adapt", "--data", os.path.join(work, "shards"), "--save",
+                                                      "@/d"), user_folder),
+      ("prepare-smi --out is a file", prep_to("@/F"), user_file),
+      ("prepare-smi --preview is a file", prep_to("@/o") + ["--preview", "@/F"], user_file),
+      ("classify --out is a file", run_args("classify", "--support", imgs, "--query", imgs, "--out", "@/F"),
+       user_file),
+      ("experiment --out is a file", ["experiment", "--table", "3", "--out", "@/F"], user_file),
+      ("experiment --out read-only", ["experiment", "--table", "3", "--out", "/sys/maml_jax_probe"], None),
+      ("predict --csv exists", predict(os.path.join(work, "model")) + ["--csv", "@/F"], user_file),
+      ("predict --csv under a file", predict(os.path.join(work, "model")) + ["--csv", "@/F/p.csv"], user_file),
+      # Settings that could not work.
+      ("--image-size 100000", tiny + ["--image-size", "100000"], None),
+      ("--outer-mask zzzz (matches nothing)", tiny + ["--outer-mask", "zzzz"], None),
+      ("--dataset folder with fewer classes than ways", tiny + ["--dataset", "folder", "--image-folder", "@/two"],
+       two_classes),
+      ("adapt --steps -1", run_args("adapt", "--data", os.path.join(work, "shards"), "--steps", "-1"), None),
+      ("experiment --vgg16-weights neither format", ["experiment", "--table", "3", "--out", "@/x",
+                                                     "--vgg16-weights", "@/F"], user_file),
+      # Not a hand.
+      ("prepare-smi: a uniform-noise PNG", prep_noise, noise_set),
+      ("predict --image uniform noise (a model of SYNTHETIC ROIs)", ["predict", "--model", os.path.join(work, "model"), "--image",
+                                         "@/noise/n.png"], noise_set),
   ]
   fixed = []
   for name, args, setup in out:
@@ -219,7 +275,7 @@ def probes(work: str, scratch: str):
         args = lambda d: prep(images=os.path.join(d, "imgs"))
       else:
         args = lambda d: prep(labels_csv=X(d))
-    elif callable(args):
+    elif callable(args) and args in (adapt, predict):
       a = args
       args = (lambda a: lambda d: a(os.path.join(d, "s")))(a) if a is adapt else \
           (lambda a: lambda d: a(os.path.join(d, "m")))(a)
@@ -248,6 +304,9 @@ def main(argv=None) -> int:
     real = [x.replace("@", scratch) for x in (args(scratch) if callable(args) else args)]
     rc, out, err = run(real, scratch, env)
     left = sorted(set(os.listdir(scratch)) - before)
+    user = os.path.join(scratch, "F")
+    if "F" in before and not (os.path.isfile(user) and open(user).read() == "a user's file\n"):
+      left.append("F REPLACED")
     tb = "Traceback" in err
     msg = (err.strip().splitlines() or [""])[-1].replace("|", "\\|").replace(scratch, "<tmp>").replace(a.work, "<work>")
     shown = " ".join(x.replace(scratch, "<tmp>").replace(a.work, "<work>") for x in real)
@@ -256,7 +315,33 @@ def main(argv=None) -> int:
           f"{', '.join(left) or 'nothing'} |", flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
   print(f"\n{bad} probe(s) without a clean `error:` exit 2")
+  if not a.only or "diverg" in a.only:
+    bad += outcomes(a.work, env)
   return 1 if bad else 0
+
+
+# Runs that finish but must not look like a success: (name, meta-train options).
+DIVERGING = [("--inner-lr 100", ["--inner-lr", "100"]), ("--meta-lr 50 --clip-norm 0", ["--meta-lr", "50",
+                                                                                       "--clip-norm", "0"])]
+
+
+def outcomes(work: str, env) -> int:
+  """Diverging runs of the default preset cut to 60 steps: each must end (exit 0)
+  with a `warning: training diverged` line last and `diverged: true` in results.json."""
+  print("\n| diverging run | exit | last line | results.json diverged |\n|---|---|---|---|")
+  bad = 0
+  for name, extra in DIVERGING:
+    scratch = tempfile.mkdtemp(prefix="probe-", dir=work)
+    rc, out, err = run(["meta-train", "--steps", "60", "--val-every", "10", "--checkpoint-every", "20",
+                        "--val-episodes", "16", "--test-episodes", "16", "--no-progress", "--workdir",
+                        os.path.join(scratch, "w"), *extra], scratch, env)
+    last = (out.strip().splitlines() or [""])[-1]
+    res = os.path.join(scratch, "w", "results.json")
+    diverged = json.load(open(res)).get("diverged") if os.path.exists(res) else None
+    bad += rc != 0 or not last.startswith("warning: training diverged") or diverged is not True
+    print(f"| `meta-train ... {name}` | {rc} | {last[:160]} | {diverged} |", flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+  return bad
 
 
 if __name__ == "__main__":
