@@ -267,3 +267,15 @@ def test_command_line_settings():
   assert dict(s.meta_workdirs) == {"meta": "w1", "anil": "w2"}
   assert dict(s.meta_overrides) == {"shots": 5} and s.spec.width == 0.5
   assert s.columns()[0] == ("meta", "pretrained")
+
+
+def test_two_columns_get_one_verdict_from_their_paired_difference():
+  # Overlapping intervals but a consistent lead on the same draws: one verdict, "ahead".
+  from maml_jax.experiment import report
+  a = {"mean": 50.0, "ci95": 6.0, "std": 4.0, "n": 5, "per_repeat": [44.0, 48.0, 50.0, 52.0, 56.0]}
+  b = {"mean": 48.0, "ci95": 6.0, "std": 4.0, "n": 5, "per_repeat": [42.0, 46.0, 48.0, 50.0, 54.0]}
+  line = report._versus("meta", a, "base", b)
+  assert "paired difference over the same 5 draws +2.0 points" in line and line.endswith(": ahead")
+  assert "do not separate" not in line and "overlap" not in line
+  one = {**a, "n": 1, "per_repeat": [50.0]}
+  assert "paired" not in report._versus("meta", one, "base", b)

@@ -56,6 +56,11 @@ def _overlap(a: dict, b: dict) -> Optional[bool]:
 
 
 def _versus(label_a: str, a: dict, label_b: str, b: dict) -> str:
+  """One verdict on two columns: from the paired difference when both were
+  scored on the same draws (the grid's columns are), else from their intervals."""
+  paired = _paired(a, b)
+  if paired:
+    return f"{label_a} {_fmt(a)} vs {label_b} {_fmt(b)}: {paired}"
   d = a["mean"] - b["mean"]
   ov = _overlap(a, b)
   sep = ("" if ov is None else "; the 95% intervals overlap, so the repeats do not separate them" if ov
