@@ -30,13 +30,15 @@ from maml_jax.train_step import TrainState, init_state
 
 # Fields that may differ between a run and its resumption: they change how long,
 # how verbosely or from where it runs, never what a step computes nor which
-# checkpoint is chosen (test_ensemble changes only the final evaluation).
-# Everything else (conv_impl, task_map and remat change the floating-point
-# results; val_every and val_episodes change the best checkpoint; keep_best,
-# which best checkpoints exist) must match.  `steps` may change only with a
-# constant schedule: the cosine schedule is stretched over `steps`.
+# checkpoint is chosen (test_ensemble changes only the final evaluation;
+# time_budget only where an invocation stops).  Everything else (conv_impl,
+# task_map, remat and precision change the floating-point results; val_every
+# and val_episodes change the best checkpoint; keep_best, which best
+# checkpoints exist) must match.  `steps` may change only with a constant
+# schedule: the cosine schedule is stretched over `steps`.
 RESUMABLE_FIELDS = {"steps", "log_every", "test_episodes", "test_ensemble", "checkpoint_every",
-                    "keep_checkpoints", "data_dir", "manual_dir", "monitor_test", "on_device_data"}
+                    "keep_checkpoints", "data_dir", "manual_dir", "monitor_test", "on_device_data",
+                    "time_budget"}
 
 
 class IncompatibleRunError(UserError):

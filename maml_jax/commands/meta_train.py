@@ -1,5 +1,6 @@
 """`run.py meta-train`: meta-train a MAML initialisation, then evaluate it on unseen classes."""
 import argparse
+import sys
 
 from maml_jax.config import add_config_args, config_from_args
 
@@ -21,12 +22,25 @@ def add_parser(sub):
   p.set_defaults(func=main)
 
 
+# A Ctrl-C'd run exits as an interrupted program does (128 + SIGINT); a run
+# whose time budget was spent exits 0, as planned (no results.json yet).
+EXIT_INTERRUPTED = 130
+
+
 def main(args) -> int:
   from maml_jax.distributed import maybe_initialize
   cfg = config_from_args(args)
   maybe_initialize(args.distributed)
+  from maml_jax.stopping import INTERRUPTED
   from maml_jax.train import train_and_evaluate
-  r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+  r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress,
+                         catch_interrupt=True)
+  if r.get("stopped") == INTERRUPTED:
+    print(f"interrupted at step {r['step']}; --resume continues", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  if r.get("stopped"):
+    print(f"time budget of {cfg.time_budget:g} min spent at step {r['step']} of {r['steps']}; --resume continues")
+    return 0
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
   which = r.get("ensemble") or f"checkpoint of step {r['checkpoint_step']}"
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "
