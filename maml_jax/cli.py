@@ -1,6 +1,8 @@
 """The `run.py` / `maml-jax` command line: parse, dispatch, print."""
 import argparse
+import signal
 import sys
+import threading
 
 from maml_jax.commands import modules
 from maml_jax.gpu_defaults import apply_gpu_defaults
@@ -37,9 +39,13 @@ def main(argv=None) -> int:
   apply_gpu_defaults()   # before JAX's backend starts: XLA reads its flags once
   _enable_compilation_cache()
   try:
-    return args.func(args)
+    status = args.func(args)
   except USER_ERRORS as e:
     return report(e)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
-    return 130
+    status = 130
+  if status == 130 and threading.current_thread() is threading.main_thread():
+    # Exiting after Ctrl-C: another one during JAX's clean-up ends the process without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+  return status
