@@ -9,7 +9,9 @@ HELP = "meta-train (default: Omniglot 5-way 1-shot, the `default` preset)"
 
 def add_parser(sub):
   p = sub.add_parser("meta-train", help=HELP, description=HELP + ". Every setting below overrides the "
-                     "preset's; checkpoints, metrics.jsonl and results.json go to --workdir.",
+                     "preset's; checkpoints, metrics.jsonl and results.json go to --workdir. A spent "
+                     "--time-budget (exit 0) or Ctrl-C (exit 130) stops at a step boundary with a checkpoint "
+                     "and no results.json; --resume continues the run.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default", help="where the run's files go")
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
