@@ -56,7 +56,7 @@ def test_bfloat16_computes_in_bfloat16_trains_and_its_meta_gradient_is_near_floa
     value, g = step16(p)
     updates, opt = tx.update(g, opt, p)
     p = optax.apply_updates(p, updates)
-  # Measured 1.17 -> 0.80 over these 10 steps on one batch.
+  # Measured 1.17 -> 0.85 over these 10 steps on one batch (float32: 1.17 -> 0.87).
   assert float(value) < 0.85 * float(first), (float(first), float(value))
   assert _floats((p, opt)) == {F32}
 

@@ -40,8 +40,8 @@ def main(args) -> int:
   cfg = cfg.replace(**over)
   sec, times, first = time_steps(cfg, args.repeats)
   print(f"config={args.config} sec_per_meta_batch={sec:.4f} inner_steps={cfg.inner_steps} remat={cfg.remat} "
-        f"task_map={cfg.task_map} conv_impl={cfg.conv_impl} precision={cfg.precision} steps={[round(t, 3) for t in times]} "
-        f"compile_and_first_step={first:.1f}s peak_rss_mib={peak_rss_mib():.0f}")
+        f"task_map={cfg.task_map} conv_impl={cfg.conv_impl} precision={cfg.precision} "
+        f"steps={[round(t, 3) for t in times]} compile_and_first_step={first:.1f}s peak_rss_mib={peak_rss_mib():.0f}")
   return 0
 
 

@@ -122,7 +122,8 @@ def _value(pattern: str, text: str | None):
 def _find_peer(given: str | None) -> str | None:
   if given:
     return os.path.abspath(given) if os.path.isfile(given) else None
-  return next((os.path.normpath(os.path.join(ROOT, p)) for p in PEER_PLACES if os.path.isfile(os.path.join(ROOT, p))), None)
+  found = [os.path.normpath(os.path.join(ROOT, p)) for p in PEER_PLACES]
+  return next((p for p in found if os.path.isfile(p)), None)
 
 
 def _meta_test(check: Check, name: str, out: str | None) -> None:
