@@ -78,7 +78,8 @@ class LogProgress:
 
   def close(self) -> None:
     if not self._closed and not self.disable:
-      self._write(self._status() + " (done)")
+      finished = not self.total or self.n >= self.total
+      self._write(self._status() + (" (done)" if finished else " (stopped)"))
     self._closed = True
 
   def __iter__(self):

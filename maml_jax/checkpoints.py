@@ -32,18 +32,20 @@ import orbax.checkpoint as ocp
 from maml_jax.config import Config
 from maml_jax.errors import UserError
 from maml_jax import io
-from maml_jax.models import build_model
+from maml_jax.models import model_for
 from maml_jax.train_step import TrainState, init_state
 
 # Fields that may differ between a run and its resumption: they change how long,
 # how verbosely or from where it runs, never what a step computes nor which
-# checkpoint is chosen (test_ensemble changes only the final evaluation).
-# Everything else (conv_impl, task_map and remat change the floating-point
-# results; val_every and val_episodes change the best checkpoint; keep_best,
-# which best checkpoints exist) must match.  `steps` may change only with a
-# constant schedule: the cosine schedule is stretched over `steps`.
+# checkpoint is chosen (test_ensemble changes only the final evaluation;
+# time_budget only where an invocation stops).  Everything else (conv_impl,
+# task_map, remat and precision change the floating-point results; val_every
+# and val_episodes change the best checkpoint; keep_best, which best
+# checkpoints exist) must match.  `steps` may change only with a constant
+# schedule: the cosine schedule is stretched over `steps`.
 RESUMABLE_FIELDS = {"steps", "log_every", "test_episodes", "test_ensemble", "checkpoint_every",
-                    "keep_checkpoints", "data_dir", "manual_dir", "monitor_test", "on_device_data"}
+                    "keep_checkpoints", "data_dir", "manual_dir", "monitor_test", "on_device_data",
+                    "time_budget"}
 
 
 class IncompatibleRunError(UserError):
@@ -416,7 +418,7 @@ def load_trained(workdir: str, which: str = "best") -> Trained:
   `which="best"`).  A run that keeps several best checkpoints (`keep_best`)
   tries them in best.json's order first: the newest is not the best there."""
   cfg = read_config(workdir)
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  model = model_for(cfg)   # the run's network, in its precision
   template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
   kinds = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
   skipped = []
@@ -459,7 +461,7 @@ def load_ensemble(workdir: str, k: int) -> list[Trained]:
   if len(top) < k:
     raise UserError(f"--ensemble {k}: {workdir} holds {len(top)} best checkpoint(s) (steps "
                     f"{', '.join(str(r['step']) for r in top) or 'none'}: fewer validations than {k} so far)")
-  model = build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width)
+  model = model_for(cfg)   # the run's network, in its precision
   template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
   directory = os.path.join(os.path.abspath(workdir), "best")
   return [Trained(cfg, _restore_params(directory, r["step"], template), model, r["step"]) for r in top[:k]]

@@ -1,7 +1,11 @@
 """The `run.py` / `maml-jax` command line: parse, dispatch, print."""
 import argparse
+import signal
+import sys
+import threading
 
 from maml_jax.commands import modules
+from maml_jax.gpu_defaults import apply_gpu_defaults
 
 
 def _enable_compilation_cache() -> None:
@@ -27,11 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  """Parses `argv`, runs the command; a user error prints `error: ...` and returns 2 (no traceback)."""
+  """Parses `argv`, runs the command; a user error prints `error: ...` and returns 2, Ctrl-C prints
+  `interrupted` and returns 130 (no traceback either way).  `meta-train` catches Ctrl-C itself and
+  stops at a step boundary with a checkpoint."""
   from maml_jax.errors import USER_ERRORS, report
   args = build_parser().parse_args(argv)
+  apply_gpu_defaults()   # before JAX's backend starts: XLA reads its flags once
   _enable_compilation_cache()
   try:
-    return args.func(args)
+    status = args.func(args)
   except USER_ERRORS as e:
     return report(e)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    status = 130
+  if status == 130 and threading.current_thread() is threading.main_thread():
+    # Exiting after Ctrl-C: another one during JAX's clean-up ends the process without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+  return status

@@ -16,6 +16,9 @@ from typing import Any
 from maml_jax.errors import UserError
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 class ConfigError(UserError):
   """Settings that cannot run (the message lists every problem)."""
 
@@ -61,6 +64,9 @@ class Config:
   model: str = _f("conv4", "network: conv4, conv4-pool, scratch7, vgg16, tiny")
   width: float = _f(1.0, "multiplies the filter counts")
   conv_impl: str = _f("auto", "convolution formulation: gemm, xla, or auto (fastest on this backend)")
+  precision: str = _f("float32", "compute precision: float32, or bfloat16 (mixed: activations and "
+                      "convolutions in bfloat16; parameters, optimizer state, batch-norm statistics and the "
+                      "softmax loss in float32; for GPUs)")
   # inner loop
   inner_steps: int = _f(1, "inner SGD steps during meta-training")
   eval_inner_steps: int = _f(3, "inner SGD steps during validation, test and adaptation")
@@ -93,6 +99,9 @@ class Config:
   clip_norm: float = _f(10.0, "global-norm clipping of the meta-gradient (0 = off)")
   steps: int = _f(60000, "meta-batches to train on")
   seed: int = _f(0, "seed of initialisation and episode sampling")
+  time_budget: float = _f(0.0, "minutes of wall clock this invocation may run (set-up included); when spent, "
+                          "the run stops after the current step with a checkpoint, and --resume continues "
+                          "it (0 = no limit)")
   # bookkeeping
   log_every: int = _f(50, "steps between metric logs (the only host syncs)")
   val_every: int = _f(1000, "steps between validations (0 = never)")
@@ -144,6 +153,10 @@ class Config:
     if self.query_bn not in ("batch", "support"): problems.append(f"query_bn={self.query_bn!r}")
     if self.lr_schedule not in ("constant", "cosine"): problems.append(f"lr_schedule={self.lr_schedule!r}")
     if self.split not in ("standard", "lake"): problems.append(f"split={self.split!r} is not standard or lake")
+    if self.precision not in PRECISIONS:
+      problems.append(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not (math.isfinite(self.time_budget) and self.time_budget >= 0):
+      problems.append(f"time_budget={self.time_budget} must be a finite number of minutes >= 0 (0 = no limit)")
     if (self.split == "lake" or self.within_alphabet) and self.dataset != "omniglot":
       problems.append("split=lake and within_alphabet apply to dataset=omniglot only")
     if self.learn_inner_lr and self.inner_lr_per_element:

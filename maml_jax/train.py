@@ -5,6 +5,9 @@ One jitted, donated meta-train step per meta-batch; episodes drawn from
 one; metrics leave the device only every `log_every` steps; a NaN loss stops
 the run; periodic validation keeps the best checkpoint (the `keep_best` best),
 which the final meta-test evaluation uses (or their ensemble, `test_ensemble`).
+A spent `time_budget` or a caught Ctrl-C stops the run at a step boundary with
+a checkpoint and no final evaluation (`maml_jax.stopping`); `--resume`
+continues it.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from maml_jax.distributed import is_primary
 from maml_jax.episodes import EpisodeSampler
 from maml_jax.errors import UserError
 from maml_jax.models import model_for
+from maml_jax.stopping import StopRequests
 from maml_jax.evaluate import (TEST_SEED, VAL_SEED, ensemble_label, episode_accuracies, eval_sampler, evaluate_params,
                                make_ensemble_step, stack_members, summary)
 from maml_jax.train_step import (failed_step, init_state, make_eval_step, make_mesh, make_train_step, replicate,
@@ -124,9 +128,16 @@ def _undone_on_error(workdir: str):
 
 
 def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress: bool = True, *,
-                       splits: dict | None = None, model=None) -> dict:
+                       splits: dict | None = None, model=None, catch_interrupt: bool = False) -> dict:
   """Meta-trains `cfg` in `workdir`, then evaluates the best checkpoint on the
   meta-test classes.  Returns the results written to results.json.
+
+  A run that stops early (its `time_budget` spent, or Ctrl-C with
+  `catch_interrupt`) saves a checkpoint of the step it reached, writes no
+  results.json (it removes a stale one: results.json is there only when the
+  run finished) and returns {"stopped": "time budget" | "interrupted", "step",
+  "steps", "synthetic_data", "train_seconds_this_run"}; `resume=True` continues
+  it as if it had not stopped.
 
   `splits` ({"train", "val", "test"}: ClassImages) and `model` replace the
   configuration's dataset and network; the feature-head meta-training passes
@@ -137,7 +148,11 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   from the newest checkpoint that restores and verifies, drops the metrics
   logged after it, and replays the steps after it bit-identically.
   """
+  started = time.monotonic()   # the time budget counts set-up and compilation too
   cfg.validate()
+  if jax.process_count() > 1 and cfg.time_budget:
+    # Each process would stop at the step its own clock says: the others would wait forever.
+    raise ConfigError("time_budget applies to single-process runs; a multi-process run stops by its --steps")
   if os.path.exists(os.path.join(workdir, "config.json")):
     diff = config_differences(read_config(workdir), cfg)
     if diff:
@@ -192,10 +207,13 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   eval_step = make_eval_step(model, cfg, mesh)
 
   train_seconds, t_mark = 0.0, time.perf_counter()
-  bar = progress_bar(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
-                     disable=not progress)
   postfix: dict = {}
-  with open(metrics_path if is_primary() else os.devnull, "a") as log:
+  stopped = None
+  stops = StopRequests(cfg.time_budget, catch_interrupt and jax.process_count() == 1, started)
+  # Ctrl-C is caught from here on: once the progress bar shows, it stops at a step boundary.
+  with stops, open(metrics_path if is_primary() else os.devnull, "a") as log:
+    bar = progress_bar(total=cfg.steps, initial=start, desc="meta-train" + (" [SYNTHETIC data]" if synthetic else ""),
+                       disable=not progress)
     for i in range(start, cfg.steps):
       state, metrics = train_step(state, shard_batch(train(i), mesh))
       step = i + 1
@@ -227,14 +245,25 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
         log.flush()
         bar.set_postfix(postfix, refresh=False)
         t_mark = time.perf_counter()   # evaluation time does not count as training time
-      if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+      # After this step's validation, so that the resumed run needs none of it again.
+      stopped = stops.reason() if step < cfg.steps else None
+      if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped:
         _stop_if_failed(state, ckpt, undo)
         ckpt.save(state)
         ckpt.prune_best([r["step"] for r in top], upto=step)   # the others left every checkpoint's top-K
         t_mark = time.perf_counter()
+      if stopped:
+        break
   bar.close()
   _stop_if_failed(state, ckpt, undo)
   train_seconds += time.perf_counter() - t_mark
+  if stopped:
+    ckpt.close()
+    results_path = os.path.join(workdir, "results.json")
+    if os.path.exists(results_path) and is_primary():   # an earlier, shorter run's
+      os.remove(results_path)
+    return {"stopped": stopped, "step": int(state.step), "steps": cfg.steps, "synthetic_data": synthetic,
+            "train_seconds_this_run": round(train_seconds, 1)}
 
   final = state
   if top:

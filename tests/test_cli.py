@@ -39,6 +39,8 @@ def _error(argv, capsys) -> str:
     (["--model", "resnet"], "model='resnet' is not one of"),
     (["--dataset", "imagenet"], "dataset='imagenet': 'imagenet' is not one of"),
     (["--dataset", "omniglot", "--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
+    (["--time-budget", "-1"], "time_budget=-1.0 must be a finite number of minutes >= 0"),
+    (["--precision", "fp8"], "precision='fp8' is not one of float32, bfloat16"),
 ])
 def test_meta_train_bad_input_is_one_error_line(argv, says, tmp_path, capsys):
   err = _error(["meta-train", "--preset", "tiny", "--workdir", str(tmp_path / "w"), "--no-progress"] + argv, capsys)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from maml_jax.config import PRECISIONS
+
 HELP = "time meta-train steps of a benchmark workload (paper, paper-lite, omniglot)"
 
 
@@ -18,6 +20,8 @@ def add_parser(sub):
                  help="recompute inner steps in the backward pass (default: the workload's)")
   p.add_argument("--task-map", choices=("auto", "vmap", "map"), default=None)
   p.add_argument("--conv-impl", choices=("auto", "gemm", "xla"), default=None)
+  p.add_argument("--precision", choices=PRECISIONS, default=None,
+                 help="compute precision (default: the workload's, float32)")
   p.add_argument("--memory", action="store_true",
                  help="peak resident memory for 1, 5 and 10 inner steps with and without remat "
                       "(each in its own process)")
@@ -30,14 +34,14 @@ def main(args) -> int:
   from maml_jax.bench import WORKLOADS, peak_rss_mib, time_steps
   cfg = WORKLOADS[args.config]
   over = {k: v for k, v in dict(inner_steps=args.inner_steps, task_map=args.task_map,
-                                conv_impl=args.conv_impl).items() if v is not None}
+                                conv_impl=args.conv_impl, precision=args.precision).items() if v is not None}
   if args.remat is not None:
     over["remat"] = args.remat
   cfg = cfg.replace(**over)
   sec, times, first = time_steps(cfg, args.repeats)
   print(f"config={args.config} sec_per_meta_batch={sec:.4f} inner_steps={cfg.inner_steps} remat={cfg.remat} "
-        f"task_map={cfg.task_map} conv_impl={cfg.conv_impl} steps={[round(t, 3) for t in times]} "
-        f"compile_and_first_step={first:.1f}s peak_rss_mib={peak_rss_mib():.0f}")
+        f"task_map={cfg.task_map} conv_impl={cfg.conv_impl} precision={cfg.precision} "
+        f"steps={[round(t, 3) for t in times]} compile_and_first_step={first:.1f}s peak_rss_mib={peak_rss_mib():.0f}")
   return 0
 
 

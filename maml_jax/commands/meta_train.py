@@ -1,5 +1,6 @@
 """`run.py meta-train`: meta-train a MAML initialisation, then evaluate it on unseen classes."""
 import argparse
+import sys
 
 from maml_jax.config import add_config_args, config_from_args
 
@@ -8,7 +9,9 @@ HELP = "meta-train (default: Omniglot 5-way 1-shot, the `default` preset)"
 
 def add_parser(sub):
   p = sub.add_parser("meta-train", help=HELP, description=HELP + ". Every setting below overrides the "
-                     "preset's; checkpoints, metrics.jsonl and results.json go to --workdir.",
+                     "preset's; checkpoints, metrics.jsonl and results.json go to --workdir. A spent "
+                     "--time-budget (exit 0) or Ctrl-C (exit 130) stops at a step boundary with a checkpoint "
+                     "and no results.json; --resume continues the run.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default", help="where the run's files go")
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
@@ -19,6 +22,11 @@ def add_parser(sub):
                  "turn it on too)")
   add_config_args(p)
   p.set_defaults(func=main)
+
+
+# A Ctrl-C'd run exits as an interrupted program does (128 + SIGINT); a run
+# whose time budget was spent exits 0, as planned (no results.json yet).
+EXIT_INTERRUPTED = 130
 
 
 def main(args) -> int:
@@ -33,8 +41,16 @@ def main(args) -> int:
     raise IncompatibleRunError(f"--workdir {args.workdir}: the folder holds other files and no run (no "
                                f"config.json); use a new or empty folder")
   maybe_initialize(args.distributed)
+  from maml_jax.stopping import INTERRUPTED
   from maml_jax.train import train_and_evaluate
-  r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+  r = train_and_evaluate(cfg, args.workdir, resume=args.resume, progress=not args.no_progress,
+                         catch_interrupt=True)
+  if r.get("stopped") == INTERRUPTED:
+    print(f"interrupted at step {r['step']}; --resume continues", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  if r.get("stopped"):
+    print(f"time budget of {cfg.time_budget:g} min spent at step {r['step']} of {r['steps']}; --resume continues")
+    return 0
   tag = " [SYNTHETIC data]" if r["synthetic_data"] else ""
   which = r.get("ensemble") or f"checkpoint of step {r['checkpoint_step']}"
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "

@@ -124,6 +124,8 @@ def batch_stats_norm(x, scale, bias, stat_mask=None, eps=1e-5):
   """
   axes = tuple(range(x.ndim - 1))
   per_channel = (1,) * (x.ndim - 1) + (-1,)
+  out_dtype = x.dtype
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))   # bfloat16 sums over a batch lose too many bits
   if stat_mask is None:
     mean = x.mean(axes, keepdims=True)
     var = jnp.square(x - mean).mean(axes, keepdims=True)
@@ -137,7 +139,7 @@ def batch_stats_norm(x, scale, bias, stat_mask=None, eps=1e-5):
     y = y * scale.reshape(per_channel)
   if bias is not None:
     y = y + bias.reshape(per_channel)
-  return y
+  return y.astype(out_dtype)
 
 
 class Conv(nn.Module):
@@ -210,7 +212,10 @@ def conv_bn_folded(x, kernel, scale, bias, *, stride=1, padding=1, stat_mask=Non
   kh, kw, cin, cout = kernel.shape
   b, h, w, _ = x.shape
   ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+  # Statistics in float32 at least (bfloat16 inputs under mixed precision); the
+  # matrix multiply of the output in the input's precision.
   rows = _patches(x, kh, kw, stride, padding).reshape(b, ho * wo, kh * kw * cin)
+  rows = rows.astype(jnp.promote_types(rows.dtype, jnp.float32))
   wts = jnp.ones((b,), rows.dtype) if stat_mask is None else stat_mask.astype(rows.dtype)
   wts = wts.reshape(b, 1, 1)
   n = wts.sum() * (ho * wo)
@@ -219,7 +224,8 @@ def conv_bn_folded(x, kernel, scale, bias, *, stride=1, padding=1, stat_mask=Non
   cov = flat.T @ (flat * jnp.repeat(wts.reshape(b), ho * wo)[:, None]) / n  # [K, K]
   k2 = kernel.reshape(kh * kw * cin, cout)
   var = jnp.sum(k2 * (cov @ k2), axis=0, keepdims=True)                  # [1, Cout]
-  out = flat @ (k2 * (scale.reshape(1, -1) * lax.rsqrt(var + eps))) + bias.reshape(1, -1)
+  folded = k2 * (scale.reshape(1, -1) * lax.rsqrt(var + eps))
+  out = flat.astype(x.dtype) @ folded.astype(x.dtype) + bias.reshape(1, -1).astype(x.dtype)
   return out.reshape(b, ho, wo, cout)
 
 
