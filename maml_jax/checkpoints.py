@@ -236,12 +236,6 @@ def top_records(lines: list[dict], k: int = 1) -> list[dict]:
   return sorted(recs, key=lambda r: (-r["val_accuracy"], r["step"]))[:k]
 
 
-def best_record(lines: list[dict]) -> dict:
-  """{"step", "val_accuracy"} of the first best validation in `lines` ({-1, -1.0} if none)."""
-  top = top_records(lines)
-  return top[0] if top else {"step": -1, "val_accuracy": -1.0}
-
-
 def best_json(top: list[dict], keep_best: int) -> dict:
   """best.json's contents: the best's {"step", "val_accuracy"}, and with
   keep_best > 1 the kept checkpoints' records, best first, as "top"."""

@@ -122,13 +122,13 @@ def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
     return bb.efficientnet(s.feature_size)
   if s.pretrained == "vgg16":
     if not s.vgg16_weights:
-      raise ValueError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or "
+      raise UserError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or "
                        "Keras vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5)")
     return bb.vgg16(s.vgg16_weights, s.data_size)
   if s.pretrained == "supervised":
     return bb.supervised(meta_splits()["train"], s.spec._replace(image_size=s.data_size),
                          cache_dir=os.path.join(s.out, "cache"), seed=s.seed, progress=s.progress)
-  raise ValueError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
+  raise UserError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
 
 
 # The modules whose code computes a cell's number: the grid, its predictors,
