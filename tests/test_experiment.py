@@ -167,7 +167,9 @@ def test_changed_code_is_refused(tmp_path, splits, projection, monkeypatch):
 
 # The engine modules through which the meta-learned columns train and score.
 TRAINER_FILES = ("train.py", "train_step.py", "evaluate.py", "config.py", "maml.py", "learner.py", "episodes.py",
-                 "models/layers.py")
+                 "models/layers.py", "models/__init__.py", "inner_rules.py", "algorithms/__init__.py",
+                 "algorithms/base.py", "algorithms/maml.py", "algorithms/anil.py", "algorithms/reptile.py",
+                 "algorithms/protonet.py")
 
 
 def _copy_sources(tmp_path):
