@@ -3,9 +3,9 @@
 The library's adapt-and-predict API.  A `Learner` bundles a trained configuration, its network and meta-parameters
 with the inner-step count used to adapt.  `adapt_fn` / `predict_fn` return
 jitted functions that adapt to ROI crops and give class probabilities for
-query crops.  Batch-norm statistics for the queries come from the support rows
-only (`maml.query_logits(..., "support")`), so an image's prediction never
-depends on the other images being classified.
+query crops, adapting by the run's algorithm (`adapt_and_score`).  Batch-norm
+statistics for the queries come from the support rows only (`query_bn="support"`),
+so an image's prediction never depends on the other images being classified.
 
 Grayscale uint8 crops (e.g. the SMI pipeline's 64x64 ROIs) are brought to the
 network's input by `to_model_input`: resized to `config.image_size`, replicated
