@@ -67,6 +67,9 @@ class Config:
   precision: str = _f("float32", "compute precision: float32, or bfloat16 (mixed: activations and "
                       "convolutions in bfloat16; parameters, optimizer state, batch-norm statistics and the "
                       "softmax loss in float32; for GPUs)")
+  # algorithm
+  algorithm: str = _f("maml", "meta-learning algorithm: maml, anil, reptile or protonet (maml_jax/algorithms/; "
+                      "settings an algorithm does not use are refused)")
   # inner loop
   inner_steps: int = _f(1, "inner SGD steps during meta-training")
   eval_inner_steps: int = _f(3, "inner SGD steps during validation, test and adaptation")
@@ -138,7 +141,8 @@ class Config:
 
   def validate(self) -> "Config":
     """Returns self, or raises ConfigError listing every setting that cannot be valid."""
-    from maml_jax.data.metadataset import DATASETS   # (lazy: neither imports the config)
+    from maml_jax import algorithms   # (lazy: each imports the config)
+    from maml_jax.data.metadataset import DATASETS
     from maml_jax.models import MODELS
     problems = []
     if self.ways < 2: problems.append(f"ways={self.ways} must be >= 2")
@@ -208,6 +212,8 @@ class Config:
         re.compile(getattr(self, name))
       except re.error as e:
         problems.append(f"{name}={getattr(self, name)!r} is not a regular expression ({e})")
+    if not problems:   # (an algorithm's own checks assume settings that are valid on their own)
+      problems += algorithms.problems(self)
     if problems:
       raise ConfigError("invalid configuration: " + "; ".join(problems))
     return self
@@ -296,8 +302,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-  """The preset with every option given on the command line applied."""
-  cfg = get_preset(args.preset)
+  """The preset with every option given on the command line applied, under the
+  algorithm they name (`maml_jax.algorithms.configure`)."""
+  from maml_jax import algorithms
   over = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
           if getattr(args, f.name, None) is not None}
-  return cfg.replace(**over).validate()
+  return algorithms.configure(get_preset(args.preset), over).validate()

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maml_jax import maml
+from maml_jax import algorithms, maml
 from maml_jax.config import Config
 from maml_jax.data.class_images import ClassImages
 from maml_jax.data.progress import progress as progress_bar
@@ -69,9 +69,11 @@ def summary(accs) -> dict:
 
 def query_probs(meta_params, sx, sy, qx, *, model, cfg: Config, steps: int) -> jax.Array:
   """Query class probabilities [m, ways] of one initialisation after `steps`
-  inner steps on the support set (sx [n, H, W, C], sy int [n]; qx [m, H, W, C])."""
-  params, _ = maml.adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps)
-  return jax.nn.softmax(maml.query_logits(model, params, sx, qx, cfg.query_bn))
+  inner steps on the support set (sx [n, H, W, C], sy int [n]; qx [m, H, W, C]),
+  by the configuration's algorithm."""
+  _, logits = algorithms.get(cfg.algorithm).adapt_and_score(meta_params, sx, sy, qx, model=model, cfg=cfg,
+                                                            steps=steps, query_bn=cfg.query_bn)
+  return jax.nn.softmax(logits)
 
 
 def ensemble_accuracy(members, sx, sy, qx, qy, *, model, cfg: Config, steps: int) -> jax.Array:

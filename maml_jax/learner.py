@@ -3,9 +3,9 @@
 The library's adapt-and-predict API.  A `Learner` bundles a trained configuration, its network and meta-parameters
 with the inner-step count used to adapt.  `adapt_fn` / `predict_fn` return
 jitted functions that adapt to ROI crops and give class probabilities for
-query crops.  Batch-norm statistics for the queries come from the support rows
-only (`maml.query_logits(..., "support")`), so an image's prediction never
-depends on the other images being classified.
+query crops, adapting by the run's algorithm (`adapt_and_score`).  Batch-norm
+statistics for the queries come from the support rows only (`query_bn="support"`),
+so an image's prediction never depends on the other images being classified.
 
 Grayscale uint8 crops (e.g. the SMI pipeline's 64x64 ROIs) are brought to the
 network's input by `to_model_input`: resized to `config.image_size`, replicated
@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from maml_jax import maml
+from maml_jax import algorithms, maml
 from maml_jax.config import Config
 from maml_jax.errors import UserError
 
@@ -106,9 +106,11 @@ def _adapt_core(cfg: Config, model, steps: int, num_classes: int, per_roi: bool)
   # Cached so that repeated experiments with one network reuse its compilations;
   # the meta-parameters are an argument, not a closed-over constant, so large
   # networks are not baked into the compiled program.
+  adapt_and_score = algorithms.get(cfg.algorithm).adapt_and_score
+
   def one(meta_params, sx, sy, qx):
-    params, _ = maml.adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps)
-    return params, _probs(maml.query_logits(model, params, sx, qx, "support"), num_classes)
+    params, logits = adapt_and_score(meta_params, sx, sy, qx, model=model, cfg=cfg, steps=steps, query_bn="support")
+    return params, _probs(logits, num_classes)
 
   return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)) if per_roi else one)
 

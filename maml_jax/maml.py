@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from maml_jax import inner_rules
 from maml_jax.config import Config, ConfigError
 from maml_jax.episodes import Episodes
 
@@ -101,12 +102,7 @@ def init_meta_params(model, cfg: Config, key, image_shape) -> PyTree:
   if cfg.per_step_bn:   # every inner step starts from the same scale and shift
     params = jax.tree.map(lambda w, n: jnp.broadcast_to(w, (bn_steps(cfg),) + w.shape) if is_bn(n) else w,
                           params, path_names(params))
-  lr = {}
-  if cfg.learn_inner_lr:        # MAML++'s LSLR: one rate per tensor and step
-    lr = jax.tree.map(lambda _: jnp.full((max(cfg.inner_steps, 1),), cfg.inner_lr, jnp.float32), params)
-  elif cfg.inner_lr_per_element:  # Meta-SGD: one rate per element, shared by the steps
-    lr = jax.tree.map(lambda w: jnp.full((1,) + w.shape, cfg.inner_lr, jnp.float32), params)
-  return {"model": params, "lr": lr}
+  return {"model": params, "lr": inner_rules.from_config(cfg).init(params)}
 
 
 def msl_weights(cfg: Config, steps: int, meta_step) -> jax.Array:
@@ -129,15 +125,15 @@ def msl_weights(cfg: Config, steps: int, meta_step) -> jax.Array:
 
 
 def step_lrs(meta_params: PyTree, cfg: Config, steps: int) -> PyTree:
-  """Per-step learning rates as a tree of [steps] arrays (scan's xs).
+  """The inner learning rate of each of `steps` steps: a tree of [steps] arrays
+  ([steps, *param.shape] for per-element rates), as the configuration's inner
+  rule (`maml_jax.inner_rules`) applies them.
 
   Learned rates beyond the trained step count reuse the last one, so
   evaluation may take more steps than meta-training did.
   """
-  params = meta_params["model"]
-  if not meta_params["lr"]:
-    return jax.tree.map(lambda _: jnp.full((steps,), cfg.inner_lr, jnp.float32), params)
-  return jax.tree.map(lambda lr: lr[jnp.minimum(jnp.arange(steps), lr.shape[0] - 1)], meta_params["lr"])
+  rule = inner_rules.from_config(cfg)
+  return jax.vmap(lambda k: rule.rate(meta_params["model"], meta_params["lr"], k))(jnp.arange(steps))
 
 
 # --------------------------------------------------------------------- losses
@@ -188,19 +184,19 @@ def adapt(meta_params, x, y, *, model, cfg: Config, steps: int, unroll: int = 1,
     the params are those of the last step (BN slice min(steps-1, L-1)), shaped
     like the network's own, unless `return_stacked`.
   """
-  params = meta_params["model"]
+  params, rates = meta_params["model"], meta_params["lr"]
   mask = inner_mask(params, cfg)
+  rule = inner_rules.from_config(cfg)
   first_order = cfg.first_order if first_order is None else first_order
 
   def support_loss(p, k):
     return cross_entropy(_apply(model, params_at_step(p, cfg, k), x), y)
 
-  def step(p, xs):
-    lrs, k = xs
+  def step(p, k):
     loss, g = jax.value_and_grad(support_loss)(p, k)
     if first_order:
       g = lax.stop_gradient(g)
-    p = jax.tree.map(lambda w, gw, lr, m: w - lr * gw if m else w, p, g, lrs, mask)
+    p = jax.tree.map(lambda w, u, m: w + u if m else w, p, rule.update(g, rates, k), mask)
     if query is None:
       return p, loss
     logits = query_logits(model, params_at_step(p, cfg, k), x, query[0], cfg.query_bn)
@@ -211,8 +207,7 @@ def adapt(meta_params, x, y, *, model, cfg: Config, steps: int, unroll: int = 1,
   if steps == 0:
     out = (params, jnp.zeros((0,), jnp.float32))
   else:
-    xs = (step_lrs(meta_params, cfg, steps), jnp.arange(steps, dtype=jnp.int32))
-    out = lax.scan(step, params, xs, unroll=max(1, min(unroll, steps)))
+    out = lax.scan(step, params, jnp.arange(steps, dtype=jnp.int32), unroll=max(1, min(unroll, steps)))
   p, losses = out
   if not return_stacked:
     p = params_at_step(p, cfg, max(steps - 1, 0))
@@ -236,6 +231,32 @@ def inner_unroll(cfg: Config, steps: int) -> int:
   return steps if not cfg.remat and steps <= 8 else 1
 
 
+def adapt_and_score(meta_params, sx, sy, qx, *, model, cfg: Config, steps: int, query_bn: str, unroll: int = 1,
+                    qy=None, first_order: bool | None = None):
+  """Adapts to one task's support set, then scores its queries: the one
+  "adapt, then score" of training (`task_loss`), evaluation
+  (`evaluate.query_probs`, the eval step) and the learner (`learner.adapt_fn`).
+
+  Args:
+    sx: float [n, H, W, C] support images; sy: int32 [n]; qx: float [m, H, W, C].
+    query_bn: batch-norm statistics of the queries: "batch" (their own, MAML's
+      convention in meta-training and meta-test) or "support" (the support
+      set's, so that each query is classified on its own).
+    qy: int32 [m] query labels: also return the query loss after every inner
+      step (the multi-step loss).
+  Returns:
+    (adapted params, query logits [m, ways], support losses [steps] before each
+    step, query losses [steps] after each step or None without `qy`).
+  """
+  kw = dict(model=model, cfg=cfg, steps=steps, unroll=unroll, first_order=first_order)
+  query_losses = None
+  if qy is not None and steps:
+    params, support_losses, query_losses = adapt(meta_params, sx, sy, query=(qx, qy), **kw)
+  else:
+    params, support_losses = adapt(meta_params, sx, sy, **kw)
+  return params, query_logits(model, params, sx, qx, query_bn), support_losses, query_losses
+
+
 def task_loss(meta_params, sx, sy, qx, qy, *, model, cfg: Config, steps: int, unroll: int = 1,
               step_weights=None, first_order: bool | None = None):
   """Query loss of one task after adaptation, and its metrics.
@@ -243,15 +264,11 @@ def task_loss(meta_params, sx, sy, qx, qy, *, model, cfg: Config, steps: int, un
   `step_weights` [steps] (the multi-step loss): the loss is the weighted sum
   of the query losses after each inner step; metrics stay those of the last.
   """
-  if step_weights is not None and steps:
-    params, support_losses, query_losses = adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps,
-                                                 unroll=unroll, query=(qx, qy), first_order=first_order)
-  else:
-    params, support_losses = adapt(meta_params, sx, sy, model=model, cfg=cfg, steps=steps, unroll=unroll,
-                                   first_order=first_order)
-  logits = query_logits(model, params, sx, qx, cfg.query_bn)
+  _, logits, support_losses, query_losses = adapt_and_score(
+      meta_params, sx, sy, qx, model=model, cfg=cfg, steps=steps, query_bn=cfg.query_bn, unroll=unroll,
+      qy=qy if step_weights is not None else None, first_order=first_order)
   loss = final = cross_entropy(logits, qy)
-  if step_weights is not None and steps:
+  if query_losses is not None:
     loss = jnp.sum(step_weights * query_losses)
   return loss, {"loss": final, "accuracy": accuracy(logits, qy),
                 "support_loss": support_losses[0] if steps else loss}

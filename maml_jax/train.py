@@ -318,7 +318,7 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
   members = load_ensemble(workdir, ensemble) if ensemble > 1 else None
   if members:
     trained = members[0]
-  elif which == "init":   # the same network without meta-training: the run's seed-0 initialisation
+  elif which == "init":   # the same network without meta-training: the run's initialisation (its seed's)
     cfg = read_config(workdir)
     model = model_for(cfg)
     state = init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels))

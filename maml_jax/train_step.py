@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maml_jax import maml
+from maml_jax import algorithms, maml
 from maml_jax.config import Config
 from maml_jax.episodes import Episodes
 
@@ -68,31 +68,20 @@ def make_optimizer(cfg: Config, meta_params) -> optax.GradientTransformation:
 
 
 def init_state(model, cfg: Config, key, image_shape) -> TrainState:
-  meta_params = maml.init_meta_params(model, cfg, key, image_shape)
+  meta_params = algorithms.get(cfg.algorithm).init(model, cfg, key, image_shape)
   opt_state = make_optimizer(cfg, meta_params).init(meta_params)
   return TrainState(jnp.zeros((), jnp.int32), meta_params, opt_state)
 
 
 def _sharded_grad(model, cfg: Config, mesh):
-  """(meta_params, batch, meta_step) -> (loss, metrics, grads), averaged over all tasks.
-
-  With `first_order_until` N, both derivative orders are compiled into the one
-  step and `lax.cond` on the traced meta-batch index runs one of them: the
-  first-order phase costs what first order costs, the switch needs no host
-  sync or second program, and a resumed run picks the order from its restored
-  counter.
-  """
-  def grads(first_order):
-    return lambda meta_params, batch, meta_step: jax.value_and_grad(maml.meta_loss, has_aux=True)(
-        meta_params, batch, model=model, cfg=cfg, meta_step=meta_step, first_order=first_order)
+  """(meta_params, batch, meta_step) -> (loss, metrics, grads), averaged over all
+  tasks: the algorithm's `meta_grads` on each device's tasks, then `pmean`;
+  loss is metrics["loss"]."""
+  alg = algorithms.get(cfg.algorithm)
 
   def local(meta_params, batch, meta_step):
-    if cfg.first_order_until > 0 and not cfg.first_order:
-      (loss, metrics), g = jax.lax.cond(meta_step < cfg.first_order_until, grads(True), grads(False),
-                                        meta_params, batch, meta_step)
-    else:
-      (loss, metrics), g = grads(None)(meta_params, batch, meta_step)
-    return jax.lax.pmean((loss, metrics, g), AXIS)
+    grads, metrics = alg.meta_grads(meta_params, batch, model=model, cfg=cfg, meta_step=meta_step)
+    return jax.lax.pmean((metrics["loss"], metrics, grads), AXIS)
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
 
 
@@ -141,8 +130,9 @@ def make_eval_step(model, cfg: Config, mesh, steps: int | None = None, task_accu
   top-K ensemble, its meta_params stacked [K, ...])."""
   steps = cfg.eval_inner_steps if steps is None else steps
   if task_accuracy is None:
-    task_accuracy = lambda meta_params, sx, sy, qx, qy, steps: maml.task_loss(
-        meta_params, sx, sy, qx, qy, model=model, cfg=cfg, steps=steps)[1]["accuracy"]
+    adapt_and_score = algorithms.get(cfg.algorithm).adapt_and_score
+    task_accuracy = lambda meta_params, sx, sy, qx, qy, steps: maml.accuracy(adapt_and_score(
+        meta_params, sx, sy, qx, model=model, cfg=cfg, steps=steps, query_bn=cfg.query_bn)[1], qy)
 
   def local(meta_params, batch):
     fn = lambda sx, sy, qx, qy: task_accuracy(meta_params, sx, sy, qx, qy, steps=steps)

@@ -1,5 +1,6 @@
 """The experiment grid: shared episodes, resumption, tables, settings guard."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,48 @@ def test_changed_code_is_refused(tmp_path, splits, projection, monkeypatch):
   monkeypatch.setattr(runner, "code_fingerprint", lambda: "edited")
   with pytest.raises(store.SettingsMismatchError, match="code"):
     runner.execute(settings(tmp_path, **dict(one, repeats=3)), "metadataset", **kw)
+
+
+# The engine modules through which the meta-learned columns train and score.
+TRAINER_FILES = ("train.py", "train_step.py", "evaluate.py", "config.py", "maml.py", "learner.py", "episodes.py",
+                 "models/layers.py", "models/__init__.py", "inner_rules.py", "algorithms/__init__.py",
+                 "algorithms/base.py", "algorithms/maml.py", "algorithms/anil.py", "algorithms/reptile.py",
+                 "algorithms/protonet.py")
+
+
+def _copy_sources(tmp_path):
+  """The package and the dataset readers' sources (no data, no caches) under tmp_path."""
+  import shutil
+  import maml_jax
+  package = os.path.dirname(maml_jax.__file__)
+  only_py = lambda d, names: [n for n in names if n == "__pycache__" or
+                              not (n.endswith(".py") or os.path.isdir(os.path.join(d, n)))]
+  shutil.copytree(package, tmp_path / "maml_jax", ignore=only_py)
+  shutil.copytree(os.path.join(os.path.dirname(package), "data"), tmp_path / "data", ignore=only_py)
+  return tmp_path / "maml_jax"
+
+
+def test_code_fingerprint_follows_the_imports_of_the_cell_code(tmp_path):
+  package = _copy_sources(tmp_path)
+  files = {os.path.relpath(p, package) for p in runner.code_files(str(package))}
+  assert set(TRAINER_FILES) <= files
+  assert "experiment/report.py" not in files and "commands/experiment.py" not in files
+  base = runner.code_fingerprint(str(package))
+  assert runner.code_fingerprint(str(package)) == base
+  for name in TRAINER_FILES:   # each edit alone changes the fingerprint, so stored cells are refused
+    path = package / name
+    text = path.read_text()
+    path.write_text(text + "\n# edited\n")
+    assert runner.code_fingerprint(str(package)) != base, name
+    path.write_text(text)
+  assert runner.code_fingerprint(str(package)) == base
+  (package / "experiment" / "report.py").write_text("# the report does not decide a cell's number\n")
+  assert runner.code_fingerprint(str(package)) == base
+  # A module that a cell module starts to import (here inside a function) is covered at once.
+  (package / "newly_used.py").write_text("X = 1\n")
+  methods = package / "experiment" / "methods.py"
+  methods.write_text(methods.read_text() + "\ndef _later():\n  from maml_jax import newly_used\n")
+  assert str(package / "newly_used.py") in runner.code_files(str(package))
 
 
 def hand_records():

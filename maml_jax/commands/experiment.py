@@ -132,18 +132,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args):
+  """The run's Settings; UserError naming the option for bad input."""
+  from maml_jax.errors import UserError
   from maml_jax.experiment import meta_runs, paper
   from maml_jax.experiment.backbones import NetSpec
   from maml_jax.experiment.runner import Settings
   bad = [t for t in args.table if t not in (2, 3, 4)]
   if bad:
-    raise ValueError(f"--table {bad[0]}: the paper's tables are 2, 3 and 4")
+    raise UserError(f"--table {bad[0]}: the paper's tables are 2, 3 and 4")
   if args.repeats < 1 or args.queries < 1:
-    raise ValueError("--repeats and --queries must be >= 1")
+    raise UserError("--repeats and --queries must be >= 1")
   if not 0 <= args.xray_meta < 1:
-    raise ValueError(f"--xray-meta must be a share in [0, 1), got {args.xray_meta}")
+    raise UserError(f"--xray-meta must be a share in [0, 1), got {args.xray_meta}")
   if args.xray_bins < 2:
-    raise ValueError(f"--xray-bins must be >= 2, got {args.xray_bins}")
+    raise UserError(f"--xray-bins must be >= 2, got {args.xray_bins}")
   if args.vgg16_weights:
     from maml_jax.pretrained.vgg16_weights import weight_format
     weight_format(args.vgg16_weights)   # a file of neither format is refused before anything is written
@@ -151,22 +153,22 @@ def settings_from_args(args):
   if args.xray_meta and methods is paper.DEFAULT_METHODS:
     methods = methods + ("metaxr",)
   if "metaxr" in methods and not args.xray_meta:
-    raise ValueError("--methods metaxr needs --xray-meta SHARE (the share of SMI patients set aside to "
+    raise UserError("--methods metaxr needs --xray-meta SHARE (the share of SMI patients set aside to "
                      "meta-train it)")
   workdirs = {}
   for item in args.meta_workdir + ([f"meta={args.workdir}"] if args.workdir else []):
     method, sep, path = item.partition("=")
     if not sep or method not in ("meta", "fomaml", "anil") or not path:
-      raise ValueError(f"--meta-workdir {item!r}: expected METHOD=DIR with METHOD meta, fomaml or anil")
+      raise UserError(f"--meta-workdir {item!r}: expected METHOD=DIR with METHOD meta, fomaml or anil")
     workdirs[method] = path
   pretrained = args.pretrained or ("vgg16" if args.vgg16_weights else "efficientnet")
   if pretrained == "vgg16" and not args.vgg16_weights:
-    raise ValueError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or Keras "
+    raise UserError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or Keras "
                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5); none is downloaded")
   if args.vgg16_weights and not os.path.isfile(args.vgg16_weights):
-    raise ValueError(f"--vgg16-weights {args.vgg16_weights}: no such file")
+    raise UserError(f"--vgg16-weights {args.vgg16_weights}: no such file")
   if args.feature_size < 32 or args.image_size < 8:
-    raise ValueError(f"--feature-size must be >= 32 (got {args.feature_size}) and --image-size >= 8 "
+    raise UserError(f"--feature-size must be >= 32 (got {args.feature_size}) and --image-size >= 8 "
                      f"(got {args.image_size})")
   return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
                   methods=methods, xray_meta=args.xray_meta, xray_bins=args.xray_bins, backbones=args.backbones, pretrained=pretrained,
@@ -180,42 +182,21 @@ def settings_from_args(args):
                   head_steps=args.head_steps, progress=not args.no_progress)
 
 
-def _user_errors() -> tuple:
-  """Errors that describe bad input or missing data (shown as one message, no traceback)."""
-  from maml_jax.data.metadataset import MetaDatasetError
-  from maml_jax.data.tinyimagenet import NotPreparedError as TinyNotPrepared, TinyImagenetError
-  from maml_jax.checkpoints import IncompatibleRunError
-  from maml_jax.experiment.meta_runs import LeakError
-  from maml_jax.experiment.store import SettingsMismatchError
-  from maml_jax.errors import UserError
-  from maml_jax.smi.errors import SMIDataError
-  errors = (MetaDatasetError, TinyNotPrepared, TinyImagenetError, IncompatibleRunError, LeakError,
-            SettingsMismatchError, SMIDataError, FileNotFoundError, UserError)
-  try:
-    from maml_jax.data.cifar100 import Cifar100Error, NotPreparedError as CifarNotPrepared
-    errors += (Cifar100Error, CifarNotPrepared)
-  except ImportError:
-    pass
-  return errors
-
-
 def main(args) -> int:
+  from maml_jax.errors import USER_ERRORS, report
   from maml_jax.experiment import paper, runner
   try:
     s = settings_from_args(args)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except USER_ERRORS as e:
+    return report(e)
   from maml_jax import io as files
   try:
     files.check_output_dir(s.out, "--out", overwrite=True)
-  except files.OutputPathError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if os.path.isdir(s.out) and os.listdir(s.out) and not os.path.exists(os.path.join(s.out, "experiment.json")):
-    print(f"error: --out {s.out}: the folder holds other files and no experiment results (no experiment.json); "
-          f"use a new or empty folder", file=sys.stderr)
-    return 2
+    if os.path.isdir(s.out) and os.listdir(s.out) and not os.path.exists(os.path.join(s.out, "experiment.json")):
+      raise files.OutputPathError(f"--out {s.out}: the folder holds other files and no experiment results (no "
+                                  f"experiment.json); use a new or empty folder")
+  except USER_ERRORS as e:
+    return report(e)
   datasets = list(dict.fromkeys(paper.TABLE_DATASET[t] for t in args.table))
   command = "python run.py experiment " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[2:]))
   for dataset in datasets:
@@ -225,7 +206,7 @@ def main(args) -> int:
             file=sys.stderr)
     try:
       r = runner.execute(s, dataset, command=command)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
       print(f"error: table {'2' if dataset == 'metadataset' else '3/4'}: {e}", file=sys.stderr)
       return 2
     print(f"{dataset}: {r['cells']} new cells in {r['seconds']:.0f} s")

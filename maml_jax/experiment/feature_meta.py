@@ -9,9 +9,9 @@ sharded second-order step, validation on fixed episodes with the best
 checkpoint kept, orbax checkpoints, resumption), given the features as float32
 `ClassImages` and `FeatureHead` as the network.
 
-Variants (`meta_runs.VARIANT_FLAGS`, the same as for the scratch network):
+Variants (`meta_runs.VARIANTS`, the same as for the scratch network):
 "meta" (second order, the whole head adapts), "fomaml" (first order), "anil"
-(only the output layer adapts in the inner loop).
+(the `anil` algorithm: only the output layer adapts in the inner loop).
 """
 from __future__ import annotations
 
@@ -44,14 +44,11 @@ class FeatureSet(NamedTuple):
 
 def head_config(method: str, *, steps: int | None = None, seed: int = 0, ways: int = 5) -> Config:
   """The `paper-pretrained` preset's episode and loop settings, for one variant."""
-  from maml_jax.experiment.meta_runs import VARIANT_FLAGS
-  if method not in VARIANT_FLAGS:
-    raise ValueError(f"no meta-learning variant {method!r}; choose from {sorted(VARIANT_FLAGS)}")
-  over: dict[str, Any] = {"ways": ways, "seed": seed, "inner_mask": "head", "outer_mask": "", "dataset": "features",
-                          **VARIANT_FLAGS[method]}
+  from maml_jax.experiment.meta_runs import variant_config
+  over: dict[str, Any] = {"ways": ways, "seed": seed, "inner_mask": "head", "outer_mask": "", "dataset": "features"}
   if steps is not None:
     over["steps"] = steps
-  return get_preset("paper-pretrained").replace(**over)
+  return variant_config(get_preset("paper-pretrained").replace(**over), method)
 
 
 def meta_train_head(train: FeatureSet, val: FeatureSet, cfg: Config, workdir: str, *,

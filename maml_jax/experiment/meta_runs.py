@@ -22,10 +22,18 @@ from typing import Any, Iterable, Optional
 from maml_jax.config import Config, get_preset, parse_field
 from maml_jax.errors import UserError
 
-# The meta-learning variants, for the scratch network and the feature head alike.
-# ANIL (Raghu et al. 2020): only the output layer adapts in the inner loop; the
-# rest is learned in the outer loop only.
-VARIANT_FLAGS = {"meta": {}, "fomaml": {"first_order": True}, "anil": {"inner_mask": "head/out"}}
+# The meta-learning variants, for the scratch network and the feature head
+# alike: method -> (algorithm of `maml_jax.algorithms`, its settings).
+VARIANTS = {"meta": ("maml", {}), "fomaml": ("maml", {"first_order": True}), "anil": ("anil", {})}
+
+
+def variant_config(cfg: Config, method: str) -> Config:
+  """`cfg` (a preset) under the variant's algorithm and settings."""
+  from maml_jax import algorithms
+  if method not in VARIANTS:
+    raise ValueError(f"no meta-learning variant {method!r}; choose from {sorted(VARIANTS)}")
+  name, flags = VARIANTS[method]
+  return algorithms.configure(cfg, {"algorithm": name, **flags})
 
 
 class LeakError(UserError):
@@ -36,12 +44,10 @@ def scratch_config(method: str, *, dataset: str, data_dir: str, split_seed: int,
                    steps: Optional[int], overrides: dict[str, Any], manual_dir: str = "",
                    image_folder: str = "") -> Config:
   """The `paper-scratch` preset for one variant, on the experiment's data and network."""
-  if method not in VARIANT_FLAGS:
-    raise ValueError(f"no meta-learning variant {method!r}; choose from {sorted(VARIANT_FLAGS)}")
-  cfg = get_preset("paper-scratch").replace(
+  cfg = variant_config(get_preset("paper-scratch").replace(
       dataset=dataset, data_dir=data_dir, manual_dir=manual_dir, image_folder=image_folder,
       split_seed=split_seed, model=spec.model, width=spec.width, image_size=spec.image_size,
-      channels=spec.channels, seed=seed, **VARIANT_FLAGS[method])
+      channels=spec.channels, seed=seed), method)
   if steps is not None:
     cfg = cfg.replace(steps=steps)
   return cfg.replace(**overrides).validate()
@@ -56,14 +62,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     name, sep, value = item.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or name not in fields:
-      raise ValueError(f"--meta-set {item!r}: expected FIELD=VALUE with FIELD a meta-train setting "
+      raise UserError(f"--meta-set {item!r}: expected FIELD=VALUE with FIELD a meta-train setting "
                        f"(e.g. shots=5, inner_steps=1); known fields: {', '.join(sorted(fields))}")
     typ = str(fields[name].type)
     try:
       out[name] = parse_field(name, value)
     except ValueError:
       kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(typ, "text")
-      raise ValueError(f"--meta-set {item!r}: {name} takes {kind}, got {value!r}") from None
+      raise UserError(f"--meta-set {item!r}: {name} takes {kind}, got {value!r}") from None
   return out
 
 

@@ -1,7 +1,7 @@
 """The methods of the experiment grid, their names, and the paper's numbers.
 
-The published accuracies (%) are those of Min & Kang (2018), Tables 2-4, as
-restated in the project's PAPER.md.  The paper reports no intervals; its SMI
+The published accuracies (%) are those of Min & Kang (2018), Tables 2-4.  The
+paper reports no intervals; its SMI
 data are private hand X-rays, so its Table 3 and 4 numbers are context, not
 targets, for any other data.
 """

@@ -122,38 +122,99 @@ def make_backbone(s: Settings, meta_splits) -> bb.Backbone:
     return bb.efficientnet(s.feature_size)
   if s.pretrained == "vgg16":
     if not s.vgg16_weights:
-      raise ValueError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or "
+      raise UserError("--pretrained vgg16 needs --vgg16-weights FILE (torchvision vgg16-397923af.pth or "
                        "Keras vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5)")
     return bb.vgg16(s.vgg16_weights, s.data_size)
   if s.pretrained == "supervised":
     return bb.supervised(meta_splits()["train"], s.spec._replace(image_size=s.data_size),
                          cache_dir=os.path.join(s.out, "cache"), seed=s.seed, progress=s.progress)
-  raise ValueError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
+  raise UserError(f"unknown --pretrained {s.pretrained!r}; choose from {bb.PRETRAINED}")
 
 
-# The modules whose code computes a cell's number.  Training from random
-# initialisation amplifies any change in floating-point rounding (an op
-# reordered, a fusion changed), so cells computed by other code are not mixed.
-CODE_FILES = ("episodes.py", "maml.py", "models", "baselines", "pretrained/efficientnet_lite0.py",
-              "pretrained/vgg16_weights.py", "pretrained/supervised.py", "learner.py", "smi/trials.py",
-              "smi/voting.py", "experiment/methods.py", "experiment/backbones.py", "experiment/feature_meta.py",
-              "experiment/grid.py", "experiment/sources.py", "experiment/xray_tasks.py")
+# The modules whose code computes a cell's number: the grid, its predictors,
+# sources and backbones, and the meta-training of the meta-learned columns.
+# Training from random initialisation amplifies any change in floating-point
+# rounding (an op reordered, a fusion changed), so cells computed by other code
+# are not mixed.  The fingerprint covers these and every project module they
+# import, directly or not, at module level or inside a function (`code_files`):
+# a trainer module added or edited later is covered without anyone listing it.
+CELL_MODULES = ("maml_jax.experiment.grid", "maml_jax.experiment.methods", "maml_jax.experiment.sources",
+                "maml_jax.experiment.backbones", "maml_jax.experiment.feature_meta", "maml_jax.experiment.meta_runs",
+                "maml_jax.experiment.xray_tasks")
+# This module's own code decides the meta-learned columns' settings, but its
+# imports (the report, the store) do not decide numbers: only its file counts.
+CELL_FILES = ("experiment/runner.py",)
 
 
-def code_fingerprint() -> str:
-  """sha1 (12 hex digits) of the source of CODE_FILES."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _module_file(name: str, package: str) -> Optional[str]:
+  """The source file of project module `name` ('maml_jax.x.y') under the package
+  folder `package`, or None for another package's module or a name that is no
+  module (e.g. a function imported from one).  `maml_jax.data` is the `data/`
+  folder beside the package in a source checkout (see `maml_jax/__init__.py`)."""
+  parts = name.split(".")
+  if parts[0] != "maml_jax":
+    return None
+  base, rest = package, parts[1:]
+  if rest[:1] == ["data"] and not os.path.isdir(os.path.join(package, "data")):
+    base, rest = os.path.join(os.path.dirname(package), "data"), rest[1:]
+  path = os.path.join(base, *rest)
+  for candidate in (os.path.join(path, "__init__.py"), path + ".py"):
+    if os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+def _imported_modules(path: str, name: str) -> set[str]:
+  """Every module name that the source at `path` (module `name`) imports
+  anywhere in its text, and for `from m import a` both m and m.a."""
+  import ast
+  with open(path, "rb") as f:
+    tree = ast.parse(f.read(), path)
+  package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:   # relative: from the package, up level-1 packages
+        up = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(up + ([base] if base else []))
+      out.add(base)
+      out.update(f"{base}.{a.name}" for a in node.names)
+  return out
+
+
+def code_files(package: Optional[str] = None) -> list[str]:
+  """The source files behind a cell: `CELL_MODULES`, the project modules they
+  import transitively (and the packages' `__init__` files on the way), and
+  `CELL_FILES`; absolute paths, sorted.  `package`: the `maml_jax` folder
+  (default: this checkout's)."""
+  package = package or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  seen: dict[str, str] = {}
+  todo = list(CELL_MODULES)
+  while todo:
+    name = todo.pop()
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):   # importing a.b.c runs a and a.b first
+      mod = ".".join(parts[:i])
+      path = _module_file(mod, package)
+      if path is not None and path not in seen:
+        seen[path] = mod
+        todo.extend(_imported_modules(path, mod))
+  return sorted(set(seen) | {os.path.join(package, f) for f in CELL_FILES})
+
+
+def code_fingerprint(package: Optional[str] = None) -> str:
+  """sha1 (12 hex digits) of the source of `code_files(package)`, each under its
+  path relative to the folder that holds the package."""
+  package = package or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(package)
   h = hashlib.sha1()
-  for name in CODE_FILES:
-    path = os.path.join(root, name)
-    if os.path.isdir(path):
-      paths = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
-    else:
-      paths = [path]
-    for p in paths:
-      h.update(os.path.relpath(p, root).encode())
-      with open(p, "rb") as f:
-        h.update(f.read())
+  for p in code_files(package):
+    h.update(os.path.relpath(p, root).encode())
+    with open(p, "rb") as f:
+      h.update(f.read())
   return h.hexdigest()[:12]
 
 

