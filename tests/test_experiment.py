@@ -322,3 +322,13 @@ def test_two_columns_get_one_verdict_from_their_paired_difference():
   assert "do not separate" not in line and "overlap" not in line
   one = {**a, "n": 1, "per_repeat": [50.0]}
   assert "paired" not in report._versus("meta", one, "base", b)
+
+
+def test_an_impossible_draw_is_refused_before_anything_is_written(tmp_path, capsys):
+  from maml_jax.cli import main
+  out = tmp_path / "ex"
+  assert main(["experiment", "--table", "3", "--shots", "400", "--repeats", "1", "--out", str(out),
+               "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("error: table 3/4: ") and "400 shots + " in err and "images per class are needed" in err
+  assert not out.exists()   # no experiment.json: the corrected rerun is not refused

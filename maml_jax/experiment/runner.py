@@ -81,16 +81,18 @@ def load_meta_splits(s: Settings) -> dict:
   return load_splits(cfg, os.path.join(s.out, "data"))
 
 
-def load_smi(s: Settings):
+def load_smi(s: Settings, save: bool = True):
   """(the SMI data, the X-ray patient split or None).  With `xray_meta`, the
-  split is saved in (or checked against) `<out>/xray-split.json`."""
+  split is saved in (or checked against) `<out>/xray-split.json` (with `save`;
+  `execute` saves it once every draw has been checked)."""
   from maml_jax.experiment import xray_tasks
   from maml_jax.smi import shards, synthetic
   data = shards.load_shards(s.smi_data) if s.smi_data else synthetic.load_demo(s.demo_seed)
   if not s.xray_meta:
     return data, None
   split = xray_tasks.split_patients(data, s.xray_meta, s.seed)
-  xray_tasks.save_or_check(s.out, split)
+  if save:
+    xray_tasks.save_or_check(s.out, split)
   return data, split
 
 
@@ -358,8 +360,19 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
       cached["splits"] = load_meta_splits(s)
     return cached["splits"]
 
-  smi = load_smi(s) if dataset == "smi" and source is None else None
+  smi = load_smi(s, save=False) if dataset == "smi" and source is None else None
   source = source or load_source(s, dataset, meta_splits, smi)
+  for k in s.shots:   # an impossible draw (too few images or patients) is refused before anything is written
+    for r in range(s.repeats):
+      try:
+        source.draw(k, r)
+      except UserError:
+        raise
+      except ValueError as e:   # the episode sampler's
+        raise UserError(f"{source.name}: {k} shots, repeat {r}: {e}") from None
+  if smi is not None and smi[1] is not None:
+    from maml_jax.experiment import xray_tasks
+    xray_tasks.save_or_check(s.out, smi[1])
   columns = s.columns()
   fixed = fixed_settings(s, source)
   if backbone is not None:
