@@ -34,25 +34,38 @@ def synthetic_classes(num_classes: int, per_class: int, size: int, channels: int
   return ClassImages.from_per_class(imgs, [f"synthetic-{c}" for c in range(num_classes)], synthetic=True)
 
 
-def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImages]:
-  """{"train", "val", "test"}: ClassImages for the configuration's dataset."""
-  if cfg.dataset == "omniglot":
-    from maml_jax.data.omniglot import lake_split, load_omniglot, standard_split, with_alphabets
-    if cfg.channels != 1:
-      raise UserError("Omniglot is grayscale: use --channels 1")
-    split = lake_split if cfg.split == "lake" else standard_split
-    splits = split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
-    if cfg.within_alphabet:
-      splits = {k: with_alphabets(v) for k, v in splits.items()}
-    return splits
-  if cfg.dataset == "synthetic":
-    n = max(3 * cfg.ways, 12)
-    per = max(cfg.shots + max(cfg.queries, cfg.eval_queries), 20)
-    return {name: synthetic_classes(n, per, cfg.image_size, cfg.channels, cfg.split_seed * 7 + i)
-            for i, name in enumerate(("train", "val", "test"))}
+def _omniglot(cfg: Config, workdir: str | None) -> dict[str, ClassImages]:
+  from maml_jax.data.omniglot import lake_split, load_omniglot, standard_split, with_alphabets
+  if cfg.channels != 1:
+    raise UserError("Omniglot is grayscale: use --channels 1")
+  split = lake_split if cfg.split == "lake" else standard_split
+  splits = split(load_omniglot(cfg.data_dir or None, cfg.image_size), seed=cfg.split_seed)
+  if cfg.within_alphabet:
+    splits = {k: with_alphabets(v) for k, v in splits.items()}
+  return splits
+
+
+def _synthetic(cfg: Config, workdir: str | None) -> dict[str, ClassImages]:
+  n = max(3 * cfg.ways, 12)
+  per = max(cfg.shots + max(cfg.queries, cfg.eval_queries), 20)
+  return {name: synthetic_classes(n, per, cfg.image_size, cfg.channels, cfg.split_seed * 7 + i)
+          for i, name in enumerate(("train", "val", "test"))}
+
+
+def _meta_dataset(cfg: Config, workdir: str | None) -> dict[str, ClassImages]:
   from maml_jax.data import metadataset
   names = cfg.dataset.split("+")
   return metadataset.load_meta_dataset(
       names, image_size=cfg.image_size, channels=cfg.channels, workdir=workdir, split_seed=cfg.split_seed,
       tfds_data_dir=cfg.data_dir or None, manual_dir=cfg.manual_dir or None,
       image_folder=cfg.image_folder or None)
+
+
+# dataset name -> (config, workdir) -> splits; any other name is a '+'-joined
+# subset of the meta-dataset's sources (its reader checks the names).
+LOADERS = {"omniglot": _omniglot, "synthetic": _synthetic}
+
+
+def load_splits(cfg: Config, workdir: str | None = None) -> dict[str, ClassImages]:
+  """{"train", "val", "test"}: ClassImages for the configuration's dataset."""
+  return LOADERS.get(cfg.dataset, _meta_dataset)(cfg, workdir)

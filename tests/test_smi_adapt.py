@@ -12,7 +12,8 @@ from maml_jax.cli import main
 from maml_jax.config import get_preset
 from maml_jax.models import build_model
 from maml_jax import learner
-from maml_jax.smi import demo_images, experiment, predictor, shards, synthetic
+from maml_jax.experiment import smi_trials
+from maml_jax.smi import demo_images, predictor, shards, synthetic
 
 COUNTS = (12, 12, 10, 10, 10)
 
@@ -69,7 +70,7 @@ def test_adapt_command_writes_report_and_keeps_a_model(workdir, small, tmp_path,
 def test_saved_model_predicts_like_the_trial_and_images_are_independent(workdir, small, tmp_path, capsys):
   folder, data = small
   lrn = learner.load_learner(workdir)
-  res = experiment.run_trials(data, lrn, shots=2, queries=3, trials=1, weight_folds=False, progress=False,
+  res = smi_trials.run_trials(data, lrn, shots=2, queries=3, trials=1, weight_folds=False, progress=False,
                               keep_first=True)
   predictor.save(str(tmp_path / "m"), config=lrn.config, params=res.first_params,
                  support_rois=res.first_support[0], support_y=res.first_support[1], roi_names=data.roi_names,
@@ -102,8 +103,8 @@ def test_saved_model_predicts_like_the_trial_and_images_are_independent(workdir,
 def test_per_roi_learners(workdir, small):
   _, data = small
   lrn = learner.load_learner(workdir)
-  a = experiment.run_trials(data, lrn, shots=2, queries=3, trials=1, weight_folds=False, progress=False)
-  b = experiment.run_trials(data, lrn, shots=2, queries=3, trials=1, per_roi=True, weight_folds=False,
+  a = smi_trials.run_trials(data, lrn, shots=2, queries=3, trials=1, weight_folds=False, progress=False)
+  b = smi_trials.run_trials(data, lrn, shots=2, queries=3, trials=1, per_roi=True, weight_folds=False,
                             progress=False)
   assert a.probs.shape == b.probs.shape == (1, 15, 6, 5)
   np.testing.assert_array_equal(a.query_rows, b.query_rows)          # same draw
@@ -141,7 +142,7 @@ def test_more_classes_than_outputs(small):
   cfg = get_preset("tiny")                      # 3-way
   lrn = learner.Learner(cfg, build_model(cfg.model, cfg.ways), None, 1)
   with pytest.raises(ValueError, match="5 classes, but the meta-trained network has only 3 outputs"):
-    experiment.run_trials(data, lrn, shots=2, queries=3, trials=1, progress=False)
+    smi_trials.run_trials(data, lrn, shots=2, queries=3, trials=1, progress=False)
 
 
 def test_meta_test_episodes(workdir, tmp_path, capsys):

@@ -13,7 +13,9 @@ from maml_jax.experiment.backbones import NetSpec
 from maml_jax.experiment.meta_runs import LeakError
 from maml_jax.experiment.store import SettingsMismatchError
 from maml_jax import learner
-from maml_jax.smi import experiment, shards, synthetic, voting
+from maml_jax.experiment import smi_trials
+from maml_jax.smi import shards, synthetic, voting
+from maml_jax.smi.summary import summarise
 
 COUNTS = (9, 9, 8, 8, 8)
 
@@ -25,9 +27,9 @@ def data():
 
 def test_adapt_and_experiment_give_the_same_accuracies(workdir, data, tmp_path):
   lrn = learner.load_learner(workdir)
-  res = experiment.run_trials(data, lrn, shots=2, queries=3, trials=3, seed=4, weight_folds=False, progress=False)
+  res = smi_trials.run_trials(data, lrn, shots=2, queries=3, trials=3, seed=4, weight_folds=False, progress=False)
   ours = [voting.scores(p, y) for p, y in zip(res.probs, res.query_y)]
-  summary = experiment.summarise(res, data.classes, data.roi_names, weight_folds=False)
+  summary = summarise(res, data.classes, data.roi_names, weight_folds=False)
 
   cfg = lrn.config
   s = runner.Settings(out=str(tmp_path / "exp"), shots=(2,), repeats=3, queries=3, seed=4, methods=("meta",),
@@ -49,10 +51,13 @@ def test_adapt_and_experiment_give_the_same_accuracies(workdir, data, tmp_path):
   assert summary["rules"]["average"]["accuracy"]["per_trial"] == [r["average_vote_accuracy"] for r in recs]
 
   # adapt's baselines go through the same grid: its meta column is the same again.
-  comp = experiment.compare(data, lrn, shots=2, queries=3, trials=3, seed=4, progress=False)
+  comp = smi_trials.compare(data, lrn, shots=2, queries=3, trials=3, seed=4, progress=False)
   assert comp["columns"]["meta/scratch"]["per_repeat"] == pytest.approx([100 * r["accuracy"] for r in recs])
   assert set(comp["columns"]) == {"meta/scratch", "finetune/scratch", "base/scratch", "ncm/scratch"}
   assert comp["chance"] == 20.0
+  # Given run_trials' results, the meta column is their vote, not a second adaptation.
+  again = smi_trials.compare(data, lrn, shots=2, queries=3, trials=3, seed=4, progress=False, meta=res)
+  assert again["columns"] == comp["columns"]
 
 
 def parse(argv):

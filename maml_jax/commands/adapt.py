@@ -76,7 +76,9 @@ def _default_out(args, name: str, ours: tuple[str, ...]) -> str:
 
 def _smi(args, learner) -> int:
   import numpy as np
-  from maml_jax.smi import experiment, predictor, report, shards, synthetic, voting
+  from maml_jax.experiment import smi_trials
+  from maml_jax.experiment.sources import describe_smi
+  from maml_jax.smi import predictor, report, shards, summary, synthetic, voting
 
   shots = 5 if args.shots is None else args.shots
   trials = 5 if args.trials is None else args.trials
@@ -91,18 +93,18 @@ def _smi(args, learner) -> int:
     data = synthetic.load_demo(args.demo_seed)
   if data.synthetic and args.data:
     print(f"note: {args.data} holds SYNTHETIC data (its manifest says so)", file=sys.stderr)
-  from maml_jax.experiment.sources import describe_smi
   print(describe_smi(data, args.data or ""))
   weighted = not args.no_weighted
   progress = not args.no_progress
   start = time.time()
-  res = experiment.run_trials(data, learner, shots=shots, queries=args.queries, trials=trials, seed=args.seed,
+  res = smi_trials.run_trials(data, learner, shots=shots, queries=args.queries, trials=trials, seed=args.seed,
                               per_roi=args.per_roi_learners, weight_folds=weighted, keep_first=bool(args.save),
                               progress=progress, where=where)
-  metrics = experiment.summarise(res, data.classes, data.roi_names, weight_folds=weighted)
+  metrics = summary.summarise(res, data.classes, data.roi_names, weight_folds=weighted)
   if not args.no_baselines:
-    metrics["comparison"] = experiment.compare(data, learner, shots=shots, queries=args.queries, trials=trials,
-                                               seed=args.seed, progress=progress, where=where)
+    metrics["comparison"] = smi_trials.compare(data, learner, shots=shots, queries=args.queries, trials=trials,
+                                               seed=args.seed, progress=progress, where=where,
+                                               meta=None if args.per_roi_learners else res)
   cfg = learner.config
   metrics = {
       "synthetic": data.synthetic,

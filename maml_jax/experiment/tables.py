@@ -19,7 +19,8 @@ from maml_jax.stats import mean_ci
 MISSING = "–"
 
 
-def _stats(values) -> dict:
+def percent_stats(values) -> dict:
+  """mean_ci of accuracies given as fractions, in %, with the per-repeat values."""
   s = mean_ci([100.0 * v for v in values])
   return {**s, "per_repeat": [100.0 * v for v in values]}
 
@@ -40,12 +41,12 @@ def summarise(records: Iterable[dict], dataset: str) -> dict:
   out: dict = {"accuracy": {}, "roi_accuracy": {}, "average_vote": {}}
   for key, rs in sorted(groups.items()):
     rs = sorted(rs, key=lambda r: r["repeat"])
-    out["accuracy"][key] = _stats([r["accuracy"] for r in rs])
+    out["accuracy"][key] = percent_stats([r["accuracy"] for r in rs])
     if rs[0].get("roi_accuracy") is not None:
       per_roi = np.array([r["roi_accuracy"] for r in rs], np.float64)    # [repeats, R]
-      out["roi_accuracy"][key] = [_stats(per_roi[:, j].tolist()) for j in range(per_roi.shape[1])]
+      out["roi_accuracy"][key] = [percent_stats(per_roi[:, j].tolist()) for j in range(per_roi.shape[1])]
     if rs[0].get("average_vote_accuracy") is not None:
-      out["average_vote"][key] = _stats([r["average_vote_accuracy"] for r in rs])
+      out["average_vote"][key] = percent_stats([r["average_vote_accuracy"] for r in rs])
   return out
 
 

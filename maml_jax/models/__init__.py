@@ -10,7 +10,15 @@ from maml_jax.models.convnets import VGG16, Conv4, Scratch7
 from maml_jax.models.layers import CONV_IMPLS, default_conv_impl
 from maml_jax.models.precision import DTYPES, MixedPrecision
 
-MODELS = ("conv4", "conv4-pool", "scratch7", "vgg16", "tiny")
+# name -> (ways, width, conv impl) -> network.
+BUILDERS = {
+    "conv4": lambda ways, width, impl: Conv4(ways, features=int(64 * width), impl=impl),
+    "conv4-pool": lambda ways, width, impl: Conv4(ways, features=int(32 * width), pool=True, impl=impl),
+    "scratch7": lambda ways, width, impl: Scratch7(ways, features=int(64 * width), impl=impl),
+    "vgg16": lambda ways, width, impl: VGG16(ways, width=width, impl=impl),
+    "tiny": lambda ways, width, impl: Conv4(ways, features=8, impl=impl),   # for tests: 8 filters
+}
+MODELS = tuple(BUILDERS)
 
 
 def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0, precision: str = "float32"):
@@ -25,18 +33,9 @@ def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0, pr
     if precision not in DTYPES:
       raise UserError(f"unknown precision {precision!r}; choose from float32, {', '.join(DTYPES)}")
     return MixedPrecision(build_model(name, ways, impl, width), DTYPES[precision])
-  impl = default_conv_impl() if impl == "auto" else impl
-  if name == "conv4":
-    return Conv4(ways, features=int(64 * width), impl=impl)
-  if name == "conv4-pool":
-    return Conv4(ways, features=int(32 * width), pool=True, impl=impl)
-  if name == "scratch7":
-    return Scratch7(ways, features=int(64 * width), impl=impl)
-  if name == "vgg16":
-    return VGG16(ways, width=width, impl=impl)
-  if name == "tiny":   # for tests: two strided blocks of 8 filters
-    return Conv4(ways, features=8, impl=impl)
-  raise UserError(f"unknown model {name!r}; choose from {MODELS}")
+  if name not in BUILDERS:
+    raise UserError(f"unknown model {name!r}; choose from {MODELS}")
+  return BUILDERS[name](ways, width, default_conv_impl() if impl == "auto" else impl)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,8 +27,7 @@ from maml_jax.config import Config
 from maml_jax import io as files
 from maml_jax.smi import voting
 from maml_jax.smi.errors import SMIDataError
-from maml_jax.smi.experiment import layout
-from maml_jax.learner import predict_fn
+from maml_jax.learner import predict_fn, to_model_input
 from maml_jax.models import model_for
 
 FORMAT = "maml_jax.smi_model"
@@ -48,6 +47,14 @@ class AdaptedModel:
   per_roi: bool
   synthetic: bool
   info: dict                    # the rest of model.json
+
+
+def layout(rois: np.ndarray, config, per_roi: bool):
+  """uint8 [n, R, h, w] crops to network input, float32 [n*R, S, S, C] for one
+  learner over all ROIs (image-major) or [R, n, S, S, C] for per-ROI learners."""
+  n, r = rois.shape[:2]
+  x = np.swapaxes(rois, 0, 1) if per_roi else rois.reshape((n * r,) + rois.shape[2:])
+  return to_model_input(x, config.image_size, config.channels)
 
 
 def _flatten(tree, prefix="") -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from maml_jax import io as files
+from maml_jax import published
 
 SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** These numbers come from generated, epiphysis-like drawings "
                     "(`maml_jax.smi.synthetic`), not from hand X-rays; they show that the pipeline runs "
@@ -40,9 +41,8 @@ def _num(stat: dict, digits: int = 2) -> str:
 
 def _paper_rois(roi_names) -> Optional[dict]:
   """Our ROI name -> the paper's Table 4 number for the same joint (see
-  `experiment.paper.paper_roi`); None when no ROI pairs."""
-  from maml_jax.experiment import paper
-  pairs = {n: paper.paper_roi(n, j) for j, n in enumerate(roi_names)}
+  `published.paper_roi`); None when no ROI pairs."""
+  pairs = {n: published.paper_roi(n, j) for j, n in enumerate(roi_names)}
   pairs = {n: v[0] for n, v in pairs.items() if v is not None}
   return pairs or None
 
@@ -154,12 +154,11 @@ def smi_markdown(metrics: dict) -> str:
     for e in comp["columns"].values():
       lines.append(f"| {e['label']} | {_pct({'mean': e['mean'] / 100, 'ci95': e['ci95'] / 100})} |")
     lines.append(f"| chance (1 / {len(classes)} stages) | {comp['chance']:.1f} |")
-  from maml_jax.experiment import paper
-  ref = paper.PAPER_TABLE3.get(p["shots"])
+  ref = published.PAPER_TABLE3.get(p["shots"])
   if ref and len(classes) == 5 and not metrics["synthetic"]:
     lines += ["", f"For context only: the paper's majority vote on its private X-rays at {p['shots']} shots was "
-              f"{ref[('meta', 'scratch')]}% (meta-learned, {paper.PAPER_NETWORKS['scratch']}) and "
-              f"{ref[('meta', 'pretrained')]}% (meta-learned head on {paper.PAPER_NETWORKS['pretrained']}); other "
+              f"{ref[('meta', 'scratch')]}% (meta-learned, {published.PAPER_NETWORKS['scratch']}) and "
+              f"{ref[('meta', 'pretrained')]}% (meta-learned head on {published.PAPER_NETWORKS['pretrained']}); other "
               f"networks, other data and SMI stages, so not comparable with this model ({mdl['network']})."]
   paper4 = None if metrics["synthetic"] else _paper_rois(list(metrics["per_roi"]))
   lines += ["", "## Each ROI alone (the paper's Table 4)", "",

@@ -1,4 +1,4 @@
-"""The repeated few-shot SMI experiment: draw, adapt, classify every ROI, vote.
+"""The repeated few-shot SMI experiment of `adapt`: draw, adapt, classify every ROI, vote.
 
 Per trial t (drawn from (seed, t), see `trials`):
 1. adapt the meta-learned initialisation on the support images' ROI crops
@@ -10,21 +10,29 @@ Per trial t (drawn from (seed, t), see `trials`):
    (`trials.fold_split`); ROI r's accuracy on these held-out support images
    gives its weight (see `voting.support_weights`).  Accuracy on the support images themselves
    after adaptation would be useless (adaptation fits them, often perfectly).
-The combination rules and scores are applied afterwards (`summarise`).
+The combination rules and scores are applied afterwards
+(`maml_jax.smi.summary.summarise`).
+
+The trials are the grid's: its draw (`sources.smi_source`), its "meta"
+predictor (`methods.meta_predictor`) and, beside them, its baselines
+(`compare`); and the scores of `voting`.
 """
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from typing import Any, Optional
 
 import jax
 import numpy as np
 
 from maml_jax.data.progress import progress as progress_bar
-from maml_jax.smi import clinical_metrics as cm
+from maml_jax.experiment import grid, methods, paper, sources, store, tables
+from maml_jax.experiment.backbones import NetSpec
+from maml_jax.learner import Learner, adapt_fn
 from maml_jax.smi import trials as tr
 from maml_jax.smi import voting
-from maml_jax.learner import Learner, adapt_fn, to_model_input
+from maml_jax.smi.predictor import layout
 from maml_jax.smi.shards import SMIData
 
 
@@ -49,19 +57,9 @@ class TrialResults:
   first_support: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
-def layout(rois: np.ndarray, config, per_roi: bool):
-  """uint8 [n, R, h, w] crops to network input, float32 [n*R, S, S, C] for one
-  learner over all ROIs (image-major) or [R, n, S, S, C] for per-ROI learners."""
-  n, r = rois.shape[:2]
-  x = np.swapaxes(rois, 0, 1) if per_roi else rois.reshape((n * r,) + rois.shape[2:])
-  return to_model_input(x, config.image_size, config.channels)
-
-
 def _meta_predictor(source, learner: Learner, per_roi: bool):
   """The grid's "meta" column predictor for `learner` (one learner over all ROIs
   or one per ROI) on `source`."""
-  from maml_jax.experiment import methods
-  from maml_jax.experiment.backbones import NetSpec
   c = learner.config
   spec = NetSpec(c.model, c.width, c.image_size, c.channels)
   inputs = lambda rows: spec.inputs(source.crops[np.asarray(rows)])
@@ -78,8 +76,6 @@ def run_trials(data: SMIData, learner: Learner, *, shots: int, queries: int = 15
   the ones `run.py experiment --table 3,4` uses, so trial t here is repeat t
   of its "meta" cells.
   """
-  from maml_jax.experiment import grid, sources
-  from maml_jax.experiment.methods import CropTask
   c, r = data.num_classes, len(data.roi_names)
   where = where or data.source or "data"
   learner.check_classes(c, where)
@@ -97,7 +93,7 @@ def run_trials(data: SMIData, learner: Learner, *, shots: int, queries: int = 15
     if weight_folds and shots >= 2:
       correct = np.full((len(draw.support), r), np.nan)
       for train, held in folds:
-        sub = CropTask(source.crop_rows(draw.support[train]), np.repeat(draw.support_y[train], r).astype(np.int32),
+        sub = methods.CropTask(source.crop_rows(draw.support[train]), np.repeat(draw.support_y[train], r).astype(np.int32),
                        source.crop_rows(draw.support[held]))
         p = predict(sub, None).reshape(len(held), r, c)
         correct[held] = p.argmax(-1) == draw.support_y[held][:, None]
@@ -122,7 +118,7 @@ COMPARISON = (("meta", "scratch"), ("finetune", "scratch"), ("base", "scratch"),
 
 
 def compare(data: SMIData, learner: Learner, *, shots: int, queries: int = 15, trials: int = 5, seed: int = 0,
-            progress: bool = True, where: str = "") -> dict:
+            progress: bool = True, where: str = "", meta: Optional[TrialResults] = None) -> dict:
   """The meta-learned result beside baselines on the same trials, through the
   experiment grid (`experiment.grid.run`, the path of `run.py experiment`).
 
@@ -132,20 +128,27 @@ def compare(data: SMIData, learner: Learner, *, shots: int, queries: int = 15, t
   initialisation); nearest class mean on a randomly initialised network's
   features.  Returns {"columns": {"method/backbone": {"label", "mean", "ci95",
   "n", "per_repeat"}} (accuracy %), "chance": %}.
-  """
-  import tempfile
 
-  from maml_jax.experiment import grid, methods, paper, sources, store, tables
-  from maml_jax.experiment.backbones import NetSpec
+  `meta`: `run_trials`' results on the same trials (same shots, queries,
+  trials and seed, one learner over all ROIs); the meta-learned column is then
+  their majority vote, not adapted a second time.
+  """
   c = learner.config
   source = sources.smi_source(data, queries=queries, seed=seed, where=where)
   ctx = methods.Context(source, NetSpec(c.model, c.width, c.image_size, c.channels),
                         learners={("meta", "scratch"): learner})
-  predictors = {col: methods.predictor(*col, ctx) for col in COMPARISON}
+  columns = COMPARISON[1:] if meta is not None else COMPARISON
+  predictors = {col: methods.predictor(*col, ctx) for col in columns}
   with tempfile.TemporaryDirectory() as tmp:
     st = store.ResultsStore(tmp)
-    grid.run(source, COMPARISON, predictors, st, shots=(shots,), repeats=trials, seed=seed, progress=progress)
+    grid.run(source, columns, predictors, st, shots=(shots,), repeats=trials, seed=seed, progress=progress)
     summary = tables.summarise(st.records, "smi")
+  if meta is not None:
+    if meta.probs.shape[0] != trials or meta.query_y.shape[1] != queries * data.num_classes:
+      raise ValueError(f"the meta results hold {meta.probs.shape[0]} trials of {meta.query_y.shape[1]} queries; "
+                       f"the comparison draws {trials} of {queries * data.num_classes}")
+    per_trial = [float(np.mean(voting.majority(p) == y)) for p, y in zip(meta.probs, meta.query_y)]
+    summary["accuracy"][("meta", "scratch", shots)] = tables.percent_stats(per_trial)
   labels = {("meta", "scratch"): f"meta-learned init ({c.model}), MAML adaptation, {learner.steps} steps",
             ("finetune", "scratch"): "meta-learned init, fine-tuned like base learning",
             ("base", "scratch"): f"base learning: {c.model} from random init",
@@ -153,29 +156,3 @@ def compare(data: SMIData, learner: Learner, *, shots: int, queries: int = 15, t
   cols = {f"{m}/{b}": {"label": labels[(m, b)], "method": paper.column_label(m, b),
                        **summary["accuracy"][(m, b, shots)]} for m, b in COMPARISON}
   return {"columns": cols, "chance": 100.0 / data.num_classes}
-
-
-def summarise(res: TrialResults, classes, roi_names, *, weight_folds: bool = True) -> dict:
-  """Scores of every combination rule and of each ROI alone.
-
-  Every score is computed per trial and given as mean +- 95% CI (t
-  distribution) over trials; confusion matrices are summed over trials.
-  """
-  c = len(classes)
-  rules = voting.RULES if weight_folds else ("majority", "average")
-  result: dict = {"rules": {}, "per_roi": {}}
-  for rule in rules:
-    preds = np.stack([voting.combine(rule, p, w) for p, w in zip(res.probs, res.weights)])
-    per_trial = [cm.summary(y, p, c) for y, p in zip(res.query_y, preds)]
-    entry = {k: {**cm.mean_ci([s[k] for s in per_trial]), "per_trial": [s[k] for s in per_trial]}
-             for k in per_trial[0]}
-    entry["confusion"] = cm.confusion(res.query_y.reshape(-1), preds.reshape(-1), c).tolist()
-    result["rules"][rule] = entry
-  roi_pred = res.probs.argmax(-1)                                        # [T, Q, R]
-  for j, name in enumerate(roi_names):
-    accs = (roi_pred[:, :, j] == res.query_y).mean(1)
-    result["per_roi"][name] = {**cm.mean_ci(accs), "per_trial": accs.tolist(),
-                               "weight_mean": float(res.weights[:, j].mean()),
-                               "support_heldout_accuracy_mean": (None if np.isnan(res.support_roi_accuracy[:, j]).all()
-                                                                 else float(np.nanmean(res.support_roi_accuracy[:, j])))}
-  return result
