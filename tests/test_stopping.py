@@ -71,8 +71,14 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_bit_identically(straight, t
   # step's compilation): it stops after step 1.  The resumed run is in this
   # process, without that step: equal parameters show it changes nothing here.
   w = str(tmp_path / "w")
-  p = subprocess.Popen([sys.executable, "run.py", "meta-train", *OPTS[:-1], "--steps", "100000", "--workdir", w],
-                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # SIGINT back to its default in the child, as a terminal gives it: a test run
+  # started in the background (a CI job, `cmd &`) inherits it ignored, and a
+  # program that finds SIGINT ignored rightly leaves it so.
+  argv = ["run.py", "meta-train", *OPTS[:-1], "--steps", "100000", "--workdir", w]
+  start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           f"sys.argv = {argv!r}; runpy.run_path('run.py', run_name='__main__')")
+  p = subprocess.Popen([sys.executable, "-c", start], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
   lines = []
   while not (lines and "meta-train" in lines[-1] and "started" in lines[-1]):
     lines.append(p.stderr.readline())
