@@ -135,10 +135,9 @@ def check_checksums(folder: str) -> bool:
   missing = sorted(k for k in recorded if k not in actual)
   changed = sorted(k for k in recorded if k in actual and actual[k] != recorded[k])
   if missing or changed:
-    parts = ([f"{len(changed)} file(s) changed ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"]
-             if changed else []) + \
-            ([f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"]
-             if missing else [])
+    named = lambda xs: ", ".join(xs[:3]) + (", ..." if len(xs) > 3 else "")
+    parts = [f"{len(xs)} {what} ({named(xs)})" for xs, what in ((changed, "file(s) changed"), (missing, "missing"))
+             if xs]
     raise CheckpointError(f"{folder}: damaged, fails its checksums: {'; '.join(parts)}")
   return True
 

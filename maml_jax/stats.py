@@ -34,3 +34,17 @@ def mean_ci(values, level: float = 0.95) -> dict:
   mean = float(v.mean()) if n else float("nan")
   std = float(v.std(ddof=1)) if n > 1 else float("nan")
   return {"mean": mean, "ci95": t_halfwidth(v, level), "std": std, "n": n}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict | None:
+  """The mean of a - b over the repeats both have (the same draws, in order) and
+  its t interval: {"mean", "lo", "hi", "n", "verdict"}, verdict "ahead" (the
+  interval above 0), "behind" (below) or "not separated by these repeats".
+  None for fewer than 2 pairs."""
+  n = min(len(a), len(b))
+  if n < 2:
+    return None
+  d = mean_ci([x - y for x, y in zip(a[:n], b[:n])], level)
+  lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+  verdict = "ahead" if lo > 0 else "behind" if hi < 0 else "not separated by these repeats"
+  return {"mean": d["mean"], "lo": lo, "hi": hi, "n": n, "verdict": verdict}

@@ -96,34 +96,32 @@ def _remove_stale_temporaries(workdir: str) -> None:
       os.remove(p)
 
 
-def _undo_empty_run(workdir: str, created: bool) -> None:
-  """Removes what a run that stopped before its first checkpoint wrote: its
-  config, metrics, empty checkpoint folders, and the workdir if it made it."""
-  for name in ("config.json", "metrics.jsonl", "best.json"):
-    if os.path.exists(os.path.join(workdir, name)):
-      os.remove(os.path.join(workdir, name))
-  for name in ("checkpoints", "best"):
-    d = os.path.join(workdir, name)
-    if os.path.isdir(d) and not os.listdir(d):
-      os.rmdir(d)
-  if created and os.path.isdir(workdir) and not os.listdir(workdir):
-    os.rmdir(workdir)
+def _listing(workdir: str) -> set[str] | None:
+  """The entries of `workdir`, or None when it does not exist."""
+  return set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+
+
+def _remove_added(workdir: str, before: set[str] | None) -> None:
+  """Removes what was added to `workdir` since its `_listing` was `before`
+  (the whole workdir when it did not exist then)."""
+  if not is_primary():
+    return
+  if before is None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return
+  for name in set(os.listdir(workdir)) - before if os.path.isdir(workdir) else ():
+    p = os.path.join(workdir, name)
+    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
 
 
 @contextlib.contextmanager
 def _undone_on_error(workdir: str):
-  """On an exception, removes what the block added to `workdir` (and `workdir`
-  itself if the block made it)."""
-  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+  """On an exception, removes what the block added to `workdir`."""
+  before = _listing(workdir)
   try:
     yield
   except BaseException:
-    if before is None:
-      shutil.rmtree(workdir, ignore_errors=True)
-    elif os.path.isdir(workdir) and is_primary():
-      for name in set(os.listdir(workdir)) - before:
-        p = os.path.join(workdir, name)
-        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+    _remove_added(workdir, before)
     raise
 
 
@@ -161,7 +159,7 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     raise IncompatibleRunError(f"{workdir} already holds checkpoints; pass --resume to continue that run, "
                                f"or use another --workdir")
   model = model_for(cfg) if model is None else model   # an unknown --model fails here
-  created = not os.path.exists(workdir)
+  before = _listing(workdir)
   with _undone_on_error(workdir):   # a data set that fails (too few classes, a bad image) leaves no cache
     if splits is None:
       splits = load_splits(cfg, workdir)
@@ -187,7 +185,8 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
   _remove_stale_temporaries(workdir)
   check_or_write_config(workdir, cfg)
   ckpt = Checkpoints(workdir, cfg.keep_checkpoints)
-  undo = (lambda: _undo_empty_run(workdir, created)) if new_run and is_primary() else None
+  # A new run that stops before its first checkpoint leaves the workdir as it found it.
+  undo = (lambda: _remove_added(workdir, before)) if new_run else None
   best_path, metrics_path = os.path.join(workdir, "best.json"), os.path.join(workdir, "metrics.jsonl")
   if ckpt.steps():
     state, _ = ckpt.restore_newest(state)

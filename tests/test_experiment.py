@@ -332,3 +332,11 @@ def test_an_impossible_draw_is_refused_before_anything_is_written(tmp_path, caps
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert err.startswith("error: table 3/4: ") and "400 shots + " in err and "images per class are needed" in err
   assert not out.exists()   # no experiment.json: the corrected rerun is not refused
+
+
+def test_paired_difference_of_repeats():
+  from maml_jax.stats import paired_difference
+  d = paired_difference([50.0, 60.0, 70.0, 80.0], [48.0, 58.0, 68.0, 78.5])
+  assert d["n"] == 4 and abs(d["mean"] - 1.875) < 1e-12 and 1.4 < d["lo"] < d["hi"] < 2.3 and d["verdict"] == "ahead"
+  assert paired_difference([1.0, 2.0], [2.0, 1.0])["verdict"] == "not separated by these repeats"
+  assert paired_difference([50.0], [40.0]) is None

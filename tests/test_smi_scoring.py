@@ -82,6 +82,12 @@ def test_adapt_shows_baselines_and_chance_and_the_shards(workdir, data, tmp_path
   assert m["data"]["shards"].endswith("shards")
   report = (out / "report.md").read_text()
   assert "Beside baselines, on the same trials" in report and f"shards `{m['data']['shards']}`" in report
+  # One verdict per baseline, from the paired difference over the same two trials.
+  from maml_jax.stats import paired_difference
+  cols = m["comparison"]["columns"]
+  d = paired_difference(cols["meta/scratch"]["per_repeat"], cols["base/scratch"]["per_repeat"])
+  row = next(l for l in report.splitlines() if l.startswith(f"| {cols['base/scratch']['label']} |"))
+  assert row.endswith(f"| {d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]: meta-learned {d['verdict']} |")
 
 
 def test_too_many_queries_names_the_shards_and_the_option(workdir, data, tmp_path, capsys):

@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from maml_jax.stats import paired_difference
 from maml_jax.experiment import paper, plots, store, tables
 from maml_jax import io as files
 
@@ -70,14 +71,11 @@ def _versus(label_a: str, a: dict, label_b: str, b: dict) -> str:
 
 def _paired(a: dict, b: dict) -> str:
   """Mean difference a - b over the repeats both have (same draws), with its 95% CI."""
-  from maml_jax.smi.clinical_metrics import mean_ci
-  n = min(len(a["per_repeat"]), len(b["per_repeat"]))
-  if n < 2:
+  d = paired_difference(a["per_repeat"], b["per_repeat"])
+  if d is None:
     return ""
-  d = mean_ci([x - y for x, y in zip(a["per_repeat"][:n], b["per_repeat"][:n])])
-  lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
-  verdict = ("ahead" if lo > 0 else "behind" if hi < 0 else "not separated by these repeats")
-  return f"paired difference over the same {n} draws {d['mean']:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}]: {verdict}"
+  return (f"paired difference over the same {d['n']} draws {d['mean']:+.1f} points, 95% CI [{d['lo']:+.1f}, "
+          f"{d['hi']:+.1f}]: {d['verdict']}")
 
 
 def winner_lines(summary: dict) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from maml_jax import io as files
 from maml_jax import published
+from maml_jax.stats import paired_difference
 
 SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** These numbers come from generated, epiphysis-like drawings "
                     "(`maml_jax.smi.synthetic`), not from hand X-rays; they show that the pipeline runs "
@@ -148,12 +149,18 @@ def smi_markdown(metrics: dict) -> str:
   lines += ["", f"Chance level: {100 / len(classes):.0f}%."]
   comp = metrics.get("comparison")
   if comp:
+    meta = comp["columns"].get("meta/scratch")
     lines += ["", "## Beside baselines, on the same trials", "",
               "Majority-vote accuracy % (mean ± 95% CI over the same trials; each column classifies the same "
-              "support and query images).", "", "| method | accuracy % |", "|---|---|"]
-    for e in comp["columns"].values():
-      lines.append(f"| {e['label']} | {_pct({'mean': e['mean'] / 100, 'ci95': e['ci95'] / 100})} |")
-    lines.append(f"| chance (1 / {len(classes)} stages) | {comp['chance']:.1f} |")
+              "support and query images).  The verdict on each baseline is the meta-learned column's paired "
+              "difference from it over those trials (95% t interval).", "",
+              "| method | accuracy % | meta-learned minus this, paired |", "|---|---|---|"]
+    for key, e in comp["columns"].items():
+      d = None if meta is None or key == "meta/scratch" else paired_difference(meta["per_repeat"], e["per_repeat"])
+      verdict = "" if d is None else (f"{d['mean']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]: meta-learned "
+                                      f"{d['verdict']}")
+      lines.append(f"| {e['label']} | {_pct({'mean': e['mean'] / 100, 'ci95': e['ci95'] / 100})} | {verdict} |")
+    lines.append(f"| chance (1 / {len(classes)} stages) | {comp['chance']:.1f} | |")
   ref = published.PAPER_TABLE3.get(p["shots"])
   if ref and len(classes) == 5 and not metrics["synthetic"]:
     lines += ["", f"For context only: the paper's majority vote on its private X-rays at {p['shots']} shots was "
