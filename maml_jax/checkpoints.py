@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from maml_jax.config import Config
 from maml_jax.errors import UserError
 from maml_jax import io
-from maml_jax.models import model_for
+from maml_jax.models import input_shape, model_for
 from maml_jax.train_step import TrainState, init_state
 
 # Fields that may differ between a run and its resumption: they change how long,
@@ -418,7 +418,7 @@ def load_trained(workdir: str, which: str = "best") -> Trained:
   tries them in best.json's order first: the newest is not the best there."""
   cfg = read_config(workdir)
   model = model_for(cfg)   # the run's network, in its precision
-  template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
+  template = abstract_state(model, cfg, input_shape(cfg))
   kinds = ["best", "checkpoints"] if which == "best" else ["checkpoints"]
   skipped = []
   for kind in kinds:
@@ -461,6 +461,6 @@ def load_ensemble(workdir: str, k: int) -> list[Trained]:
     raise UserError(f"--ensemble {k}: {workdir} holds {len(top)} best checkpoint(s) (steps "
                     f"{', '.join(str(r['step']) for r in top) or 'none'}: fewer validations than {k} so far)")
   model = model_for(cfg)   # the run's network, in its precision
-  template = abstract_state(model, cfg, (cfg.image_size, cfg.image_size, cfg.channels))
+  template = abstract_state(model, cfg, input_shape(cfg))
   directory = os.path.join(os.path.abspath(workdir), "best")
   return [Trained(cfg, _restore_params(directory, r["step"], template), model, r["step"]) for r in top[:k]]

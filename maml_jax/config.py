@@ -170,8 +170,9 @@ class Config:
     if self.msl_epochs < 1: problems.append(f"msl_epochs={self.msl_epochs} must be >= 1")
     if self.model not in MODELS: problems.append(f"model={self.model!r} is not one of {', '.join(MODELS)}")
     bad = [n for n in self.dataset.split("+") if n not in DATASETS]
-    # "features": precomputed backbone features (the experiment grid's pretrained heads).
-    if self.dataset not in ("omniglot", "synthetic", "features") and (bad or not self.dataset):
+    # "features": precomputed backbone features (the experiment grid's pretrained heads);
+    # "smi": SMI shards' ROI crops as frozen features (the xray preset).
+    if self.dataset not in ("omniglot", "synthetic", "features", "smi") and (bad or not self.dataset):
       problems.append(f"dataset={self.dataset!r}: {', '.join(map(repr, bad)) or 'empty'} is not one of "
                       f"omniglot, synthetic, or a '+'-joined subset of {', '.join(DATASETS)}")
     # Counts and sizes that must be positive (0 would divide by zero or do nothing).
@@ -257,6 +258,16 @@ PRESETS: dict[str, Config] = {
                                inner_mask="head", outer_mask="head", remat=True,
                                steps=10000, val_every=500, val_episodes=100, test_episodes=600,
                                checkpoint_every=250, log_every=10),
+    # The X-ray model (`maml_jax.smi.xray_model`): the paper's 3x256 head,
+    # meta-learned with second-order MAML on frozen EfficientNet-Lite0 features
+    # of hand-radiograph ROI crops (at 64 px), tasks over bone-age bins of the
+    # training patients.  A "shot" is one ROI crop: 30 = 5 radiographs x 6 ROIs.
+    # The inner loop settings are paper-pretrained's; the budget fits a CPU.
+    "xray": Config(dataset="smi", model="effnet_head", image_size=64, channels=1, split_seed=0,
+                   ways=5, shots=30, queries=15, eval_queries=15, tasks=2,
+                   inner_steps=5, eval_inner_steps=10, inner_lr=0.01, meta_lr=1e-3,
+                   inner_mask="head", steps=600, val_every=100, val_episodes=100, test_episodes=600,
+                   checkpoint_every=100, log_every=10),
     # For tests: seconds on a CPU, synthetic data.
     "tiny": Config(dataset="synthetic", image_size=12, model="tiny", ways=3, shots=1, queries=2,
                    eval_queries=2, tasks=2, inner_steps=1, eval_inner_steps=2, steps=4, log_every=2,

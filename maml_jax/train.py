@@ -31,7 +31,7 @@ from maml_jax.data.progress import progress as progress_bar
 from maml_jax.distributed import is_primary
 from maml_jax.episodes import EpisodeSampler
 from maml_jax.errors import UserError
-from maml_jax.models import model_for
+from maml_jax.models import input_shape, model_for
 from maml_jax.stopping import StopRequests
 from maml_jax.evaluate import (TEST_SEED, VAL_SEED, ensemble_label, episode_accuracies, eval_sampler, evaluate_params,
                                make_ensemble_step, stack_members, summary)
@@ -164,9 +164,9 @@ def train_and_evaluate(cfg: Config, workdir: str, resume: bool = False, progress
     if splits is None:
       splits = load_splits(cfg, workdir)
       for name, d in splits.items():
-        if d.image_shape != (cfg.image_size, cfg.image_size, cfg.channels):
+        if d.image_shape != input_shape(cfg):
           raise ConfigError(f"{name} images are {d.image_shape}, the config asks for "
-                            f"{(cfg.image_size, cfg.image_size, cfg.channels)}")
+                            f"{input_shape(cfg)}")
     # Across hosts every process draws the same episodes on its host (a batch
     # drawn on one local device cannot be split over other hosts' devices).
     on_device = cfg.on_device_data and jax.process_count() == 1
@@ -320,7 +320,7 @@ def evaluate_workdir(workdir: str, episodes: int | None = None, inner_steps: int
   elif which == "init":   # the same network without meta-training: the run's initialisation (its seed's)
     cfg = read_config(workdir)
     model = model_for(cfg)
-    state = init_state(model, cfg, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, cfg.channels))
+    state = init_state(model, cfg, jax.random.key(cfg.seed), input_shape(cfg))
     trained = Trained(cfg, state.meta_params, model, 0)
   else:
     trained = load_trained(workdir, which)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
 from maml_jax import maml
-from maml_jax.models.layers import MLPHead
+from maml_jax.models.feature_head import HEAD_HIDDEN, FeatureHead  # noqa: F401 (the head base learning trains)
 
 # Training budget, chosen a priori (not from query results): 100 full-batch
 # Adam steps at Adam's customary learning rate 1e-3, no augmentation (no flips:
@@ -36,26 +35,6 @@ from maml_jax.models.layers import MLPHead
 TRAIN_STEPS = 100
 LEARNING_RATE = 1e-3
 AUGMENTATION = "none"
-HEAD_HIDDEN = (256, 256, 256)   # the paper's 3 fully connected layers of 256 units
-
-
-class FeatureHead(nn.Module):
-  """The paper's fully connected head on frozen feature vectors.
-
-  `apply({"params": p}, x, stat_mask=None)` with x float32 [B, D] -> logits
-  [B, ways]; `stat_mask` is accepted for the project's model interface (there
-  is no batch norm).  Parameters live under "head" (`head/fc_0` .. `head/out`),
-  like the networks' heads, so the engine's masks ('head', 'out') apply.
-  """
-  ways: int
-  hidden: tuple[int, ...] = HEAD_HIDDEN
-
-  @nn.compact
-  def __call__(self, x, stat_mask=None):
-    del stat_mask
-    return MLPHead(self.hidden, self.ways, name="head")(x)
-
-
 @functools.partial(jax.jit, static_argnames=("model",))
 def init_params(model, key, x):
   """Random initial parameters of `model` for inputs like x (jitted once per model and shape)."""

@@ -142,6 +142,68 @@ def _smi(args, learner) -> int:
   return 0
 
 
+def _xray(args) -> int:
+  """An X-ray model (`meta-train --preset xray`): the experiment grid on the
+  user's shards, its meta-learned head beside the supervised answer trained on
+  the same patients and the baselines, on the same draws."""
+  from maml_jax.checkpoints import read_config
+  from maml_jax.experiment import runner
+  from maml_jax.experiment.backbones import NetSpec
+  shots = 5 if args.shots is None else args.shots
+  trials = 20 if args.trials is None else args.trials
+  if args.per_roi_learners or args.steps is not None:
+    from maml_jax.smi.errors import SMIDataError
+    raise SMIDataError("an X-ray model adapts its head on all ROIs with its own inner steps; --per-roi-learners "
+                       "and --steps do not apply to it")
+  cfg = read_config(args.workdir)
+  name = f"adapt-smi-{shots}shot" + ("" if args.data else "-synthetic")
+  out = args.out or os.path.join(args.workdir, name)
+  from maml_jax import io as files
+  files.check_output_dir(out, "the report folder", args.overwrite)
+  from maml_jax.smi import shards, synthetic, xray_model
+  data = shards.load_shards(args.data) if args.data else synthetic.load_demo(args.demo_seed)
+  boundaries, why = xray_model.target_boundaries(args.workdir, data)
+  if boundaries is None:
+    print(f"note: no no-support age column: {why}", file=sys.stderr)
+  methods = ("metaxr",) + (("agereg",) if boundaries else ()) + ("agemeans",) + \
+      (() if args.no_baselines else ("base", "ncm", "linprobe"))
+  s = runner.Settings(out=out, shots=(shots,), repeats=trials, queries=args.queries, seed=args.seed,
+                      methods=methods, backbones=("pretrained",), feature_size=cfg.image_size,
+                      spec=NetSpec(), smi_data=args.data, demo_seed=args.demo_seed,
+                      xray_workdir=args.workdir, progress=not args.no_progress)
+  r = runner.execute(s, "smi", command=" ".join(sys.argv[1:]))
+  print(f"smi: {r['cells']} new cells in {r['seconds']:.0f} s")
+  with open(os.path.join(out, "table3.md")) as f:
+    print(f.read().strip())
+  print(f"wrote {', '.join(r['paths'])}")
+  if args.save:
+    _save_xray(args, data, shots)
+  return 0
+
+
+def _save_xray(args, data, shots: int) -> None:
+  """Keeps the X-ray model's head adapted on trial 0's support images (the
+  draw the report's first repeat scored) for `predict`."""
+  import numpy as np
+  from maml_jax.experiment.sources import smi_source
+  from maml_jax.learner import adapt_fn, load_learner
+  from maml_jax.smi import predictor, voting
+  learner = load_learner(args.workdir)
+  draw = smi_source(data, queries=args.queries, seed=args.seed).draw(shots, 0)
+  cfg, r = learner.config, len(data.roi_names)
+  sx = predictor.layout(data.rois[draw.support], cfg, False)
+  params, probs = adapt_fn(learner, data.num_classes)(sx, np.repeat(draw.support_y, r),
+                                                      predictor.layout(data.rois[draw.query], cfg, False))
+  acc0 = float(np.mean(voting.majority(np.asarray(probs).reshape(len(draw.query), r, -1)) == draw.query_y))
+  predictor.save(args.save, config=cfg, params=params, support_rois=data.rois[draw.support],
+                 support_y=draw.support_y, roi_names=data.roi_names, classes=data.classes,
+                 weights=np.full(r, 1.0 / r), per_roi=False, synthetic=data.synthetic, overwrite=args.overwrite,
+                 info={"label_scheme": data.label_scheme, "source": data.source, "shots": shots,
+                       "steps": learner.steps, "meta_trained": os.path.abspath(args.workdir), "trial": 0,
+                       "trial0_majority_accuracy": acc0})
+  print(f"saved the X-ray model's head adapted in trial 0 (majority-vote accuracy {100 * acc0:.1f}%) to {args.save}")
+
+
 def _episodes(args, learner) -> int:
   from maml_jax import data_sources, evaluate
   from maml_jax.errors import UserError
@@ -181,6 +243,7 @@ def _episodes(args, learner) -> int:
 
 
 def main(args) -> int:
+  from maml_jax.errors import USER_ERRORS
   from maml_jax.smi.errors import SMIDataError, report
   from maml_jax.learner import load_learner
 
@@ -200,10 +263,12 @@ def main(args) -> int:
       files.check_output_dir(args.out, "--out", args.overwrite)
     if args.save:
       files.check_output_dir(args.save, "--save", args.overwrite)
+    if args.dataset == "smi" and os.path.exists(os.path.join(args.workdir, "patients.json")):
+      return _xray(args)
     try:
       learner = load_learner(args.workdir, args.steps)
     except (FileNotFoundError, ValueError) as e:
       raise SMIDataError(f"{args.workdir}: cannot load the meta-trained model ({e})") from None
     return _smi(args, learner) if args.dataset == "smi" else _episodes(args, learner)
-  except SMIDataError as e:
+  except USER_ERRORS as e:
     return report(e)

@@ -13,7 +13,11 @@ class mean, cosine), linprobe (logistic regression), finetune (the meta column's
 initialisation trained on the support set like base learning, same steps),
 metaxr (SMI only, with --xray-meta: a head meta-learned on tasks of X-ray crops
 from a saved share of the patients, finer bone-age bins as classes; every column
-is then scored on the other patients only); "pretrained" = frozen
+is then scored on the other patients only; or with --xray-train, on another
+pool's shards), agereg and agemeans (the supervised answer on the same
+training patients: ridge regression of bone age on the concatenated frozen ROI
+features; stages at the shards' age boundaries with no support image, or at
+the support images' mean predicted age per stage); "pretrained" = frozen
 pretrained convolutions (EfficientNet-Lite0 ImageNet weights by default, VGG16 with
 --vgg16-weights, or supervised pretraining on the meta-train classes), heads
 meta-learned on their features; "scratch" = the scratch7 network (meta-trained
@@ -126,6 +130,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   d.add_argument("--xray-bins", type=int, default=10, metavar="N",
                  help="classes of the X-ray meta-training tasks: N bone-age bins at the quantiles of the "
                       "meta-training patients' ages (default 10)")
+  d.add_argument("--xray-train", metavar="SHARDS",
+                 help="SMI shards of another pool (another site, a larger labelled set) to train metaxr and the "
+                      "supervised age columns on; all of --data is then scored (patients in both are refused)")
   d.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic SMI demo data (default 0)")
   p.set_defaults(func=main)
   return p
@@ -150,11 +157,18 @@ def settings_from_args(args):
     from maml_jax.pretrained.vgg16_weights import weight_format
     weight_format(args.vgg16_weights)   # a file of neither format is refused before anything is written
   methods = args.methods
-  if args.xray_meta and methods is paper.DEFAULT_METHODS:
-    methods = methods + ("metaxr",)
-  if "metaxr" in methods and not args.xray_meta:
-    raise UserError("--methods metaxr needs --xray-meta SHARE (the share of SMI patients set aside to "
-                     "meta-train it)")
+  trained = bool(args.xray_meta or args.xray_train)
+  if args.xray_meta and args.xray_train:
+    raise UserError("--xray-meta (a share of --data's patients) and --xray-train (another pool) both name the "
+                    "training patients; give one")
+  if args.xray_train and not args.smi_data:
+    raise UserError("--xray-train scores a model on --data SHARDS: give --data")
+  if trained and methods is paper.DEFAULT_METHODS:
+    methods = methods + ("metaxr",) + paper.AGE_METHODS
+  needs = [m for m in methods if m in ("metaxr",) + paper.AGE_METHODS]
+  if needs and not trained:
+    raise UserError(f"--methods {','.join(needs)} learn from other patients' labels: give --xray-meta SHARE "
+                    f"(a share of --data's patients set aside) or --xray-train SHARDS (another pool)")
   workdirs = {}
   for item in args.meta_workdir + ([f"meta={args.workdir}"] if args.workdir else []):
     method, sep, path = item.partition("=")
@@ -171,7 +185,8 @@ def settings_from_args(args):
     raise UserError(f"--feature-size must be >= 32 (got {args.feature_size}) and --image-size >= 8 "
                      f"(got {args.image_size})")
   return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
-                  methods=methods, xray_meta=args.xray_meta, xray_bins=args.xray_bins, backbones=args.backbones, pretrained=pretrained,
+                  methods=methods, xray_meta=args.xray_meta, xray_bins=args.xray_bins,
+                  xray_train=args.xray_train, backbones=args.backbones, pretrained=pretrained,
                   vgg16_weights=args.vgg16_weights, feature_size=args.feature_size,
                   spec=NetSpec(args.scratch_model, args.width, args.image_size, 1),
                   dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,

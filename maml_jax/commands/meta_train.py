@@ -16,6 +16,8 @@ def add_parser(sub):
   p.add_argument("--workdir", default="runs/default", help="where the run's files go")
   p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
   p.add_argument("--no-progress", action="store_true", help="no progress output")
+  p.add_argument("--data", metavar="SHARDS", help="SMI shards (from prepare-smi) for --preset xray: the X-ray "
+                 "model, meta-trained on bone-age tasks of their patients (same as --data-dir)")
   p.add_argument("--distributed", action="store_true", help="one of several processes or hosts running this "
                  "command together (jax.distributed; coordinator from JAX_COORDINATOR_ADDRESS, "
                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID, or detected on Slurm/MPI/TPU; those variables alone "
@@ -35,6 +37,11 @@ def main(args) -> int:
   from maml_jax.checkpoints import IncompatibleRunError
   from maml_jax.distributed import maybe_initialize
   cfg = config_from_args(args)
+  if args.data:
+    cfg = cfg.replace(data_dir=args.data)
+  if cfg.dataset == "smi":
+    from maml_jax.smi import xray_model
+    xray_model.register()
   files.check_output_dir(args.workdir, "--workdir", overwrite=True)
   if os.path.isdir(args.workdir) and os.listdir(args.workdir) and \
       not os.path.exists(os.path.join(args.workdir, "config.json")):
@@ -56,6 +63,15 @@ def main(args) -> int:
   print(f"meta-test {cfg.ways}-way {cfg.shots}-shot accuracy{tag}: {100 * r['test_accuracy']:.2f} "
         f"+- {100 * r['test_ci95']:.2f}% (95% CI, {r['test_episodes']} episodes, {cfg.eval_inner_steps} inner "
         f"steps, {which}); training took {r['train_seconds_this_run']:.0f} s; files in {args.workdir}")
+  if cfg.dataset == "smi":
+    split = xray_model.read_split(args.workdir)
+    age = xray_model.fit_age_model(cfg, args.workdir, progress=not args.no_progress)
+    print(f"patients: {len(split['train_patients'])} train, {len(split['val_patients'])} validation, "
+          f"{len(split['test_patients'])} test (patients.json); the tasks' classes are bone-age bins of the "
+          f"training patients")
+    print(f"supervised answer beside it (age_model.npz): ridge regression of bone age on the {len(split['roi_names'])} "
+          f"ROIs' features of the {age.n_train} train + validation radiographs, leave-one-out error "
+          f"{age.loo_mae:.1f} months (MAE); `adapt --workdir {args.workdir} --data SHARDS` compares both")
   for w in r["warnings"]:   # last, where a user looks
     print(f"warning: {w}")
   return 0

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from maml_jax import io as files
+from maml_jax.pretrained.frozen import Backbone, efficientnet, features  # noqa: F401 (the grid's backbones)
 
 PRETRAINED = ("efficientnet", "vgg16", "supervised")
 SUPERVISED_EPOCHS = 5        # supervised pretraining budget (fixed a priori)
-FEATURE_BATCH = 64
 
 
 class NetSpec(NamedTuple):
@@ -52,17 +52,6 @@ class NetSpec(NamedTuple):
     """uint8 crops [n, h, w, 1] -> float32 [n, S, S, C] in [0, 1] (resized, replicated)."""
     from maml_jax.learner import to_model_input
     return to_model_input(np.asarray(crops)[..., 0], self.image_size, self.channels)
-
-
-class Backbone(NamedTuple):
-  """A frozen feature extractor.
-
-  name: identity for the feature cache; apply: float32 [B, H, W, 1] in [0, 1]
-  -> float32 [B, D], each row depending on its own image only.
-  """
-  name: str
-  apply: Callable
-  description: str
 
 
 def head_input(model, params, x, stat_mask=None) -> jax.Array:
@@ -98,13 +87,6 @@ def random_features(model, params, support_x, query_x):
 
 # ------------------------------------------------------------------ backbones
 
-def efficientnet(feature_size: int = 224, weights: Optional[str] = None) -> Backbone:
-  from maml_jax.pretrained import efficientnet_lite0
-  pre = efficientnet_lite0.load_pretrained(weights, image_size=feature_size)
-  return Backbone(f"efficientnet-lite0-{feature_size}px", efficientnet_lite0.feature_extractor(pre),
-                  f"EfficientNet-Lite0, ImageNet weights, frozen; 1280-d features at {feature_size}x{feature_size} input")
-
-
 def vgg16(weights_path: str, image_size: int = 64) -> Backbone:
   from maml_jax.models import build_model
   from maml_jax.pretrained import vgg16_weights
@@ -135,35 +117,3 @@ def supervised(train, spec: NetSpec, *, cache_dir: str, seed: int = 0, epochs: i
   apply = jax.jit(lambda p, x: head_input(model, p, x))
   return Backbone(f"supervised-{key}", lambda x: apply(params, x),
                   f"{spec.model} pretrained for {epochs} epochs on the {train.num_classes} meta-train classes, frozen")
-
-
-# -------------------------------------------------------------------- caching
-
-def _fingerprint(crops: np.ndarray) -> str:
-  h = hashlib.sha1()
-  for i in range(0, len(crops), 4096):
-    h.update(np.ascontiguousarray(crops[i:i + 4096]).tobytes())
-  return f"{crops.shape}-{h.hexdigest()[:16]}"
-
-
-def features(backbone: Backbone, crops: np.ndarray, cache_dir: str, tag: str,
-             progress: bool = True) -> np.ndarray:
-  """Features float32 [N, D] of uint8 crops [N, H, W, 1], computed once and cached
-  as `<cache_dir>/<backbone>-<tag>.npy` (recomputed when the crops change)."""
-  from maml_jax.pretrained.imagenet_check import batched_apply
-  path = os.path.join(cache_dir, f"{backbone.name}-{tag}.npy")
-  side = path[:-4] + ".json"
-  key = {"backbone": backbone.name, "crops": _fingerprint(crops)}
-  if os.path.exists(path) and os.path.exists(side):
-    with open(side) as f:
-      if json.load(f) == key:
-        return np.load(path)
-  out = batched_apply(backbone.apply, np.asarray(crops), FEATURE_BATCH, desc=f"{backbone.name} features ({tag})",
-                      progress=progress)
-  out = out.astype(np.float32)
-  if not np.all(np.isfinite(out)):
-    raise FloatingPointError(f"{backbone.name} gave non-finite features for {tag}")
-  with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
-    np.save(f, out)
-  files.write_json(side, key)
-  return out

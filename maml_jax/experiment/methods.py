@@ -29,6 +29,7 @@ import numpy as np
 
 from maml_jax.baselines import base_learning as bl
 from maml_jax.baselines import simple
+from maml_jax.errors import UserError
 from maml_jax.experiment import paper
 from maml_jax.experiment.backbones import NetSpec, random_features
 from maml_jax.experiment.sources import TaskSource
@@ -54,11 +55,16 @@ class Context:
       features of every crop (None when no pretrained column runs).
     learners: (method, backbone) -> `maml_jax.learner.Learner` for the
       meta-learned columns.
+    age_model: `maml_jax.smi.bone_age.AgeModel` on an image's concatenated
+      ROI features, for the supervised age columns; age_boundaries: the ages
+      (months) where stages 2, 3, ... begin.
   """
   source: TaskSource
   spec: NetSpec
   pretrained_features: Optional[np.ndarray] = None
   learners: dict = dataclasses.field(default_factory=dict)
+  age_model: Any = None
+  age_boundaries: Optional[list] = None
 
   def images(self, rows: np.ndarray, spec: Optional[NetSpec] = None):
     """float32 [n, S, S, C] network input of the crops at `rows`."""
@@ -115,11 +121,35 @@ def fine_tune_predictor(learner, ways: int, inputs: Callable) -> Predictor:
   return fine_tune
 
 
+def age_predictor(method: str, ctx: Context) -> Predictor:
+  """The supervised age columns: each image's age predicted from its ROIs'
+  features together; every crop of an image carries the image's stage (so
+  Table 4 shows the whole-image model in every ROI row)."""
+  from maml_jax.smi import bone_age
+  if ctx.age_model is None:
+    raise RuntimeError(f"no bone-age model for {method}")
+  src, r = ctx.source, ctx.source.rois
+  ages = lambda rows: bone_age.predict_age(ctx.age_model, ctx.features(rows).reshape(len(rows) // r, -1))
+  if method == "agereg":
+    boundaries = ctx.age_boundaries
+    if boundaries is None:
+      raise UserError(f"{src.description}: the stages are not age ranges, so the no-support age column "
+                      f"(agereg) cannot read a stage off a predicted age; drop it from --methods (agemeans "
+                      f"reads the stages off the support images instead)")
+    return lambda t, key: np.repeat(bone_age.one_hot(bone_age.stages_of_age(ages(t.query), boundaries), src.ways),
+                                    r, axis=0)
+  return lambda t, key: np.repeat(bone_age.support_means(ages(t.support), t.support_y[::r], ages(t.query),
+                                                         src.ways), r, axis=0)
+
+
 def predictor(method: str, backbone: str, ctx: Context) -> Predictor:
   """The column's predictor (see the module docstring)."""
   ways = ctx.source.ways
   if method not in paper.METHODS or backbone not in paper.BACKBONES:
     raise ValueError(f"unknown column {method}/{backbone}; methods {paper.METHODS}, backbones {paper.BACKBONES}")
+
+  if method in paper.AGE_METHODS:
+    return age_predictor(method, ctx)
 
   if method in paper.META_METHODS or method == "finetune":
     learner = ctx.learners.get(("meta" if method == "finetune" else method, backbone))

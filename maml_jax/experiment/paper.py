@@ -12,11 +12,17 @@ from maml_jax.published import (PAPER_COLUMNS, PAPER_NETWORKS, PAPER_ROI_JOINTS,
 # base learning's optimiser and step count; "metaxr" = MAML meta-trained on
 # tasks of hand-radiograph crops from patients disjoint from the scored ones
 # (SMI only; the paper's suggested "similar-looking" meta-training data).
-METHODS = ("base", "meta", "fomaml", "anil", "ncm", "linprobe", "finetune", "metaxr")
+# "agereg" / "agemeans" = the supervised answer on the same training patients
+# as metaxr: a ridge regression of bone age on their frozen features, staged at
+# the target's age boundaries with no support image ("agereg"), or at the
+# support images' mean predicted age per stage ("agemeans").
+METHODS = ("base", "meta", "fomaml", "anil", "ncm", "linprobe", "finetune", "metaxr", "agereg", "agemeans")
 METHOD_LABELS = {"base": "Base", "meta": "Meta", "fomaml": "FOMAML", "anil": "ANIL",
                  "ncm": "NCM (cosine)", "linprobe": "Linear probe", "finetune": "Fine-tune meta init",
-                 "metaxr": "Meta on X-ray tasks"}
+                 "metaxr": "Meta on X-ray tasks", "agereg": "Supervised age, no support",
+                 "agemeans": "Supervised age, support means"}
 META_METHODS = ("meta", "fomaml", "anil", "metaxr")
+AGE_METHODS = ("agereg", "agemeans")
 # Methods that run by default (the others are asked for with --methods).
 DEFAULT_METHODS = ("base", "meta", "fomaml", "anil", "ncm", "linprobe", "finetune")
 BACKBONES = ("pretrained", "scratch")

@@ -13,7 +13,7 @@ from maml_jax.experiment import paper  # noqa: E402
 from maml_jax import io as files  # noqa: E402
 
 _COLORS = dict(zip(paper.METHODS, ("tab:blue", "tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown",
-                                   "tab:pink", "tab:olive")))
+                                   "tab:pink", "tab:olive", "tab:gray", "tab:cyan")))
 _STYLE = {"pretrained": ("-", "o"), "scratch": ("--", "s")}
 
 

@@ -21,7 +21,9 @@ SYNTHETIC_BANNER = ("**SYNTHETIC DEMO DATA.** The SMI numbers below come from ge
                     "pipeline runs and say nothing about clinical accuracy.")
 TITLES = {"metadataset": "Table 2: the meta-dataset's unseen classes (5-way)",
           "smi": "Table 3: {stages}, {rois} ({ways} classes)"}
-BASELINES = ("base", "ncm", "linprobe", "finetune")   # learn from the support set (finetune: from the meta init)
+# Learn from the support set (finetune: from the meta init), or, the supervised
+# age columns, conventionally from the same other patients' labels as metaxr.
+BASELINES = ("base", "ncm", "linprobe", "finetune") + paper.AGE_METHODS
 
 
 def title(dataset: str, settings: dict) -> str:
@@ -163,7 +165,8 @@ def write(out_dir: str) -> list[str]:
             "Accuracy on the query images, % (mean ± 95% CI over repeats):", "",
             table, "", note, "", f"![accuracy against shots]({os.path.basename(plot_path)})", "",
             "Which method wins (meta-learned = MAML adaptation of a meta-learned initialisation; baselines = "
-            "base learning, NCM, linear probe, fine-tuning the meta-learned initialisation):", ""]
+            "base learning, NCM, linear probe, fine-tuning the meta-learned initialisation, and the supervised "
+            "bone-age model on the same training patients where it ran):", ""]
     sec += winner_lines(summary) + ["", "Measured comparisons:", ""] + comparisons(summary) + [""]
     res = {"synthetic": synthetic, "settings": entry, "summary": tables.jsonable_summary(summary)}
     if dataset == "smi" and summary["roi_accuracy"]:
@@ -200,11 +203,15 @@ def write(out_dir: str) -> list[str]:
           "pretrained, or a randomly initialised scratch network's); `Fine-tune meta init` = the Meta column's "
           "initialisation trained on the support set with base learning's optimiser and step count; `Meta on "
           "X-ray tasks` = a head meta-learned on tasks of hand-radiograph crops (finer bone-age bins) from "
-          "patients set aside for it (`xray-split.json`), never scored.", "",
+          "patients set aside for it (`xray-split.json`; or another pool's, or an X-ray model's training "
+          "patients), never scored; `Supervised age, no support` = ridge regression of bone age on the same "
+          "patients' frozen features (an image's ROIs together), the stage read off the predicted age at the "
+          "stage boundaries, no support image used; `Supervised age, support means` = the same predicted age, "
+          "each query given the stage whose support images' mean predicted age is nearest.", "",
           "Labelled data each column uses besides the support set: Base, NCM, Linear probe: none (the "
           "pre-trained ones: ImageNet, through the frozen weights).  Meta, FOMAML, ANIL, Fine-tune meta init: "
           "the meta-dataset's meta-train classes (and ImageNet for pre-trained).  Meta on X-ray tasks: ImageNet "
-          "and the bone ages of the set-aside patients' radiographs.", ""]
+          "and the bone ages of the set-aside patients' radiographs; the supervised age columns: the same.", ""]
   results_path = os.path.join(out_dir, "results.json")
   files.write_json(results_path, _jsonable(results))
   report_path = os.path.join(out_dir, "report.md")

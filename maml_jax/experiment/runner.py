@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any, Optional
 
+import numpy as np
+
 from maml_jax.baselines import base_learning, simple
 from maml_jax.errors import UserError
 from maml_jax.experiment import backbones as bb
@@ -65,9 +67,13 @@ class Settings:
   progress: bool = True
   xray_meta: float = 0.0          # share of SMI patients set aside to meta-train "metaxr" (0 = none)
   xray_bins: int = 10             # bone-age bins of the X-ray meta-training tasks
+  xray_train: Optional[str] = None  # shards of another pool to train metaxr / the age model on (all scored then)
+  xray_workdir: Optional[str] = None  # or an X-ray model already trained (`meta-train --preset xray`)
 
   def columns(self) -> list[tuple[str, str]]:
-    return paper.column_order([(m, b) for m in self.methods for b in self.backbones])
+    # The supervised age columns read the pretrained features only.
+    return paper.column_order([(m, b) for m in self.methods for b in self.backbones
+                               if not (m in paper.AGE_METHODS and b != "pretrained")])
 
 
 def load_meta_splits(s: Settings) -> dict:
@@ -82,18 +88,34 @@ def load_meta_splits(s: Settings) -> dict:
 
 
 def load_smi(s: Settings, save: bool = True):
-  """(the SMI data, the X-ray patient split or None).  With `xray_meta`, the
-  split is saved in (or checked against) `<out>/xray-split.json` (with `save`;
-  `execute` saves it once every draw has been checked)."""
+  """(the SMI data, the X-ray patient split or None, the training side's data
+  or None).  With `xray_meta`, a share of the data's patients is the training
+  side; with `xray_train`, another pool's shards are, and all of the data is
+  scored.  The split is saved in (or checked against) `<out>/xray-split.json`
+  (with `save`; `execute` saves it once every draw has been checked)."""
   from maml_jax.experiment import xray_tasks
   from maml_jax.smi import shards, synthetic
   data = shards.load_shards(s.smi_data) if s.smi_data else synthetic.load_demo(s.demo_seed)
-  if not s.xray_meta:
-    return data, None
-  split = xray_tasks.split_patients(data, s.xray_meta, s.seed)
+  if s.xray_workdir:
+    try:
+      split = xray_tasks.workdir_split(s.xray_workdir, data, s.smi_data or "the SYNTHETIC demo data")
+    except ValueError as e:
+      raise UserError(str(e)) from None
+    train = None   # the model and its age model are read from the workdir
+  elif s.xray_train:
+    train = shards.load_shards(s.xray_train)
+    try:
+      split = xray_tasks.cross_split(train, data, s.xray_train, s.smi_data or "the SYNTHETIC demo data")
+    except ValueError as e:
+      raise UserError(str(e)) from None
+  elif s.xray_meta:
+    split = xray_tasks.split_patients(data, s.xray_meta, s.seed)
+    train = data.take(np.asarray(split["meta_rows"]))
+  else:
+    return data, None, None
   if save:
     xray_tasks.save_or_check(s.out, split)
-  return data, split
+  return data, split, train
 
 
 def load_source(s: Settings, dataset: str, meta_splits, smi=None) -> TaskSource:
@@ -102,10 +124,9 @@ def load_source(s: Settings, dataset: str, meta_splits, smi=None) -> TaskSource:
     desc = (f"{s.dataset} meta-test split ({test.num_classes} classes never used in meta-training, "
             f"{len(test.images)} images at {s.data_size}x{s.data_size} grayscale; split_seed {s.split_seed})")
     return metadataset_source(test, ways=WAYS, queries=s.queries, seed=s.seed, description=desc)
-  import numpy as np
-  data, split = smi if smi is not None else load_smi(s)
+  data, split, _ = smi if smi is not None else load_smi(s)
   where = s.smi_data or ""
-  if split is not None:
+  if split is not None and not (s.xray_train or s.xray_workdir):
     data = data.take(np.asarray(split["scored_rows"]))
     where = f"{where} (the {len(split['scored_patients'])} patients not used for X-ray meta-training)"
   return smi_source(data, queries=s.queries, seed=s.seed, where=where)
@@ -224,7 +245,11 @@ def fixed_settings(s: Settings, source: TaskSource) -> dict:
   """What decides every cell's number (checked on resume)."""
   return {"code": code_fingerprint(), "data": source.description, "synthetic": source.synthetic,
           **({"xray_meta_training": f"{s.xray_meta:g} of the patients (seed {s.seed}), {s.xray_bins} bone-age "
-                                    f"bins; split in xray-split.json"} if s.xray_meta else {}),
+                                    f"bins; split in xray-split.json"} if s.xray_meta and not s.xray_train else {}),
+          **({"xray_meta_training": f"all of {s.xray_train} (another pool), {s.xray_bins} bone-age bins; "
+                                    f"split in xray-split.json"} if s.xray_train else {}),
+          **({"xray_meta_training": f"the X-ray model in {os.path.abspath(s.xray_workdir)}"}
+             if s.xray_workdir else {}),
           "roi_names": list(source.roi_names),
           "seed": s.seed, "queries_per_class": s.queries, "ways": source.ways,
           "meta_dataset": f"{s.dataset} (split_seed {s.split_seed}, {s.data_size}x{s.data_size} grayscale)",
@@ -240,10 +265,8 @@ def fixed_settings(s: Settings, source: TaskSource) -> dict:
 def _xray_head(s: Settings, smi, backbone, cache: str) -> tuple[Any, Any, str]:
   """The head meta-learned on X-ray tasks of the meta-training patients'
   frozen features: (config, meta-parameters, identity)."""
-  import numpy as np
   from maml_jax.experiment import xray_tasks
-  data, split = smi
-  meta = data.take(np.asarray(split["meta_rows"]))
+  _, split, meta = smi
   r = len(meta.roi_names)
   train_rows, val_rows = xray_tasks.meta_sides(meta, np.arange(meta.num_images), s.seed)
   crops = meta.rois.reshape((-1,) + meta.rois.shape[2:] + (1,))
@@ -274,6 +297,48 @@ def _xray_head(s: Settings, smi, backbone, cache: str) -> tuple[Any, Any, str]:
   return cfg, params, ident
 
 
+def _age_model(s: Settings, smi, backbone, cache: str) -> tuple[Any, Optional[list], str]:
+  """The supervised bone-age regression on the training side's frozen features
+  (an image's ROI features concatenated), the scored stages' age boundaries
+  (months; None when they cannot be known) and its identity."""
+  from maml_jax.experiment import xray_tasks
+  from maml_jax.smi import bone_age
+  from maml_jax.smi.errors import SMIDataError
+  if smi is None or smi[1] is None:
+    raise UserError("the supervised age columns (agereg, agemeans) learn from other patients' bone ages: they "
+                    "need SMI data and --xray-meta SHARE or --xray-train SHARDS")
+  scored, split, train = smi
+  if s.xray_workdir:
+    from maml_jax.smi import xray_model
+    model, _, _ = xray_model.load_age_model(s.xray_workdir)
+    what = (f"the supervised age model of {os.path.abspath(s.xray_workdir)} (ridge, {model.n_train} "
+            f"radiographs, LOO MAE {model.loo_mae:.1f} months)")
+    boundaries, how = xray_model.target_boundaries(s.xray_workdir, scored)
+    if boundaries is None:
+      return model, None, f"{what}; no stage boundaries ({how})"
+    return model, boundaries, f"{what}; stages begin at {', '.join(f'{b:g}' for b in boundaries)} months ({how})"
+  else:
+    crops = train.rois.reshape((-1,) + train.rois.shape[2:] + (1,))
+    feats = bb.features(backbone, crops, cache, f"smi-xray-meta-{xray_tasks.digest(split)}", progress=s.progress)
+    try:
+      model = bone_age.fit_ridge(feats.reshape(train.num_images, -1), train.age_months,
+                                 where=s.xray_train or "the training patients")
+    except SMIDataError as e:
+      raise UserError(str(e)) from None
+    what = (f"ridge regression of bone age on {backbone.name} features of the {len(train.roi_names)} ROIs "
+            f"(concatenated) of {model.n_train} training images (split {xray_tasks.digest(split)}); penalty "
+            f"{model.penalty:.4g} by leave-one-out, LOO MAE {model.loo_mae:.1f} months")
+  # The scored stages' own boundaries; for stages that are not age ranges,
+  # estimated on the training side when it has the same stages.
+  same = train is not None and tuple(train.classes) == tuple(scored.classes)
+  try:
+    boundaries, how = bone_age.stage_boundaries(scored.label_scheme, scored.num_classes,
+                                                train.age_months if same else None, train.label if same else None)
+    return model, boundaries, f"{what}; stages begin at {', '.join(f'{b:g}' for b in boundaries)} months ({how})"
+  except SMIDataError as e:
+    return model, None, f"{what}; no stage boundaries ({e})"
+
+
 def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, test_classes, smi=None) -> dict:
   """Learners of the meta-learned columns (and of "finetune", which starts from
   the "meta" column's initialisation), and their identities."""
@@ -293,6 +358,11 @@ def _meta_learners(s: Settings, columns, ctx: Context, meta_splits, backbone, te
       if backbone_kind != "pretrained":
         raise UserError("metaxr runs on the pre-trained backbone only (--backbones pretrained, or drop "
                          "metaxr from --methods for the scratch columns)")
+      if s.xray_workdir:
+        ctx.learners[(method, "pretrained")] = load_learner(s.xray_workdir)
+        identities[f"{method}/pretrained"] = (f"the X-ray model in {os.path.abspath(s.xray_workdir)}, best "
+                                              f"step {_trained_step(s.xray_workdir)}")
+        continue
       cfg, params, ident = _xray_head(s, smi, backbone, cache)
       ctx.learners[(method, "pretrained")] = Learner(cfg, base_learning.FeatureHead(cfg.ways), params,
                                                      cfg.eval_inner_steps)
@@ -391,8 +461,10 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
                                             progress=s.progress)
     test_classes = list(source_test_classes(meta_splits, dataset))
     identities = _meta_learners(s, todo_columns, ctx, meta_splits, backbone, test_classes, smi)
-    store.check_settings(s.out, dataset, fixed, identities)
+    if any(m in paper.AGE_METHODS for m, _ in todo_columns):
+      ctx.age_model, ctx.age_boundaries, identities["age model"] = _age_model(s, smi, backbone, os.path.join(s.out, "cache"))
     predictors = {c: predictor(c[0], c[1], ctx) for c in todo_columns}
+    store.check_settings(s.out, dataset, fixed, identities)
     n = grid.run(source, todo_columns, predictors, st, shots=s.shots, repeats=s.repeats, seed=s.seed,
                  progress=s.progress)
   else:

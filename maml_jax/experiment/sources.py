@@ -59,6 +59,7 @@ class TaskSource:
     synthetic: generated data (labelled so in every output).
     description: one line for reports.
     draw: (shots, repeat) -> Draw.
+    label_scheme: the SMI shards' label-scheme record ({} otherwise).
   """
   name: str
   crops: np.ndarray
@@ -68,6 +69,7 @@ class TaskSource:
   synthetic: bool
   description: str
   draw: Callable[[int, int], Draw]
+  label_scheme: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_images(self) -> int:
@@ -124,4 +126,4 @@ def smi_source(data, *, queries: int, seed: int, where: str = "") -> TaskSource:
 
   crops = data.rois.reshape((n * r,) + data.rois.shape[2:] + (1,))
   return TaskSource("smi", crops, r, tuple(data.roi_names), data.num_classes, bool(data.synthetic),
-                    describe_smi(data, where), draw)
+                    describe_smi(data, where), draw, dict(data.label_scheme))

@@ -66,13 +66,57 @@ def split_patients(data, share: float, seed: int) -> dict:
           "meta_images": sorted(ids[meta].tolist()), "scored_images": sorted(ids[~meta].tolist())}
 
 
-def check_disjoint(split: dict) -> None:
+def cross_split(train, scored, train_where: str, scored_where: str) -> dict:
+  """A split across two pools: every image of `train` (shards from elsewhere:
+  another site, a larger labelled pool) on the meta-training side, every image
+  of `scored` on the scored side.  Same record as `split_patients` ("meta_rows"
+  index `train`, "scored_rows" `scored`); LeakError when a patient or image id
+  is in both pools; ValueError when the pools hold other ROIs or stages."""
+  if tuple(train.roi_names) != tuple(scored.roi_names):
+    raise ValueError(f"{train_where} holds the ROIs {list(train.roi_names)} but {scored_where} holds "
+                     f"{list(scored.roi_names)}: a model trained on one set of ROIs cannot score the other")
+  if tuple(train.classes) != tuple(scored.classes):
+    raise ValueError(f"{train_where} has the stages {list(train.classes)} but {scored_where} has "
+                     f"{list(scored.classes)}; make both with the same --age-boundaries (or stage scheme)")
+  ids = lambda d: (d.image_id if d.image_id is not None else np.arange(d.num_images)).astype(str)
+  split = {"train_pool": train_where, "scored_pool": scored_where, "num_patients": None,
+           "meta_rows": list(range(train.num_images)), "scored_rows": list(range(scored.num_images)),
+           "meta_patients": sorted(set(_patients(train).tolist())),
+           "scored_patients": sorted(set(_patients(scored).tolist())),
+           "meta_images": sorted(ids(train).tolist()), "scored_images": sorted(ids(scored).tolist())}
+  split["num_patients"] = len(split["meta_patients"]) + len(split["scored_patients"])
+  check_disjoint(split, f"{train_where} and {scored_where}")
+  return split
+
+
+def workdir_split(workdir: str, scored, scored_where: str) -> dict:
+  """The split between an X-ray model's training patients (train and validation
+  sides of `<workdir>/patients.json`) and every image of `scored`; LeakError
+  when a patient or image is in both, ValueError for other ROIs or stages."""
+  from maml_jax.smi import xray_model
+  saved = xray_model.read_split(workdir)
+  if list(saved["roi_names"]) != list(scored.roi_names):
+    raise ValueError(f"the X-ray model in {workdir} was trained on the ROIs {saved['roi_names']}, but "
+                     f"{scored_where} holds {list(scored.roi_names)}")
+  ids = lambda d: (d.image_id if d.image_id is not None else np.arange(d.num_images)).astype(str)
+  split = {"train_pool": f"{saved['data']} (the train and validation patients of {workdir})",
+           "scored_pool": scored_where, "meta_rows": saved["train_rows"] + saved["val_rows"],
+           "scored_rows": list(range(scored.num_images)),
+           "meta_patients": sorted(saved["train_patients"] + saved["val_patients"]),
+           "scored_patients": sorted(set(_patients(scored).tolist())),
+           "meta_images": sorted(saved["train_images"] + saved["val_images"]), "scored_images": sorted(ids(scored).tolist())}
+  split["num_patients"] = len(split["meta_patients"]) + len(split["scored_patients"])
+  check_disjoint(split, f"the X-ray model's training patients ({workdir}) and {scored_where}")
+  return split
+
+
+def check_disjoint(split: dict, what: str = "the X-ray meta-training split") -> None:
   """LeakError if any patient or image is on both sides of the split."""
   for kind in ("patients", "images"):
     both = sorted(set(split[f"meta_{kind}"]) & set(split[f"scored_{kind}"]))
     if both:
-      raise LeakError(f"the X-ray meta-training split shares {len(both)} {kind} with the scored side "
-                      f"(e.g. {both[0]}); meta-training on them would leak into the scores")
+      raise LeakError(f"{what} share {len(both)} {kind} (e.g. {both[0]}): training on them would leak "
+                      f"into the scores; remove them from one side")
 
 
 def digest(split: dict) -> str:
@@ -88,7 +132,8 @@ def save_or_check(out_dir: str, split: dict) -> str:
       saved = json.load(f)
     if digest(saved) != digest(split):
       raise SettingsMismatchError(f"{path} holds another patient split (seed {saved.get('seed')}, share "
-                                  f"{saved.get('share')}); use the same --seed/--xray-meta or another --out")
+                                  f"{saved.get('share')}, training pool {saved.get('train_pool')}); use the "
+                                  f"same --seed/--xray-meta/--xray-train or another --out")
     return path
   os.makedirs(out_dir, exist_ok=True)
   files.write_json(path, split)

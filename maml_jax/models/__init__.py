@@ -7,6 +7,7 @@ import flax.linen as nn
 
 from maml_jax.errors import UserError
 from maml_jax.models.convnets import VGG16, Conv4, Scratch7
+from maml_jax.models.feature_head import FeatureHead
 from maml_jax.models.layers import CONV_IMPLS, default_conv_impl
 from maml_jax.models.precision import DTYPES, MixedPrecision
 
@@ -17,8 +18,21 @@ BUILDERS = {
     "scratch7": lambda ways, width, impl: Scratch7(ways, features=int(64 * width), impl=impl),
     "vgg16": lambda ways, width, impl: VGG16(ways, width=width, impl=impl),
     "tiny": lambda ways, width, impl: Conv4(ways, features=8, impl=impl),   # for tests: 8 filters
+    # The paper's 3x256 head on EfficientNet-Lite0's frozen 1280-d features
+    # (the features are computed once per image, outside the network).
+    "effnet_head": lambda ways, width, impl: FeatureHead(ways),
 }
 MODELS = tuple(BUILDERS)
+# Networks whose input is a feature vector, not an image: name -> its length.
+FEATURE_INPUTS = {"effnet_head": 1280}
+
+
+def input_shape(cfg) -> tuple[int, ...]:
+  """The shape of one input of the configuration's network: (S, S, C) images,
+  or (D,) feature vectors."""
+  if cfg.model in FEATURE_INPUTS:
+    return (FEATURE_INPUTS[cfg.model],)
+  return (cfg.image_size, cfg.image_size, cfg.channels)
 
 
 def build_model(name: str, ways: int, impl: str = "auto", width: float = 1.0, precision: str = "float32"):

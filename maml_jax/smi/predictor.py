@@ -16,6 +16,7 @@ rows, whose statistics alone are used (so its result depends on nothing else).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -28,7 +29,7 @@ from maml_jax import io as files
 from maml_jax.smi import voting
 from maml_jax.smi.errors import SMIDataError
 from maml_jax.learner import predict_fn, to_model_input
-from maml_jax.models import model_for
+from maml_jax.models import FEATURE_INPUTS, input_shape, model_for
 
 FORMAT = "maml_jax.smi_model"
 VERSION = 1
@@ -49,10 +50,24 @@ class AdaptedModel:
   info: dict                    # the rest of model.json
 
 
+@functools.lru_cache(maxsize=2)
+def _backbone(image_size: int):
+  from maml_jax.pretrained import frozen
+  return frozen.efficientnet(image_size)
+
+
 def layout(rois: np.ndarray, config, per_roi: bool):
   """uint8 [n, R, h, w] crops to network input, float32 [n*R, S, S, C] for one
-  learner over all ROIs (image-major) or [R, n, S, S, C] for per-ROI learners."""
+  learner over all ROIs (image-major) or [R, n, S, S, C] for per-ROI learners;
+  for a head on frozen features (the X-ray model), the crops' features
+  float32 [n*R, D]."""
   n, r = rois.shape[:2]
+  if config.model in FEATURE_INPUTS:
+    if per_roi:
+      raise SMIDataError(f"the {config.model} network has one learner over all ROIs, not one per ROI")
+    from maml_jax.pretrained.imagenet_check import batched_apply
+    crops = np.asarray(rois).reshape((n * r,) + rois.shape[2:] + (1,))
+    return batched_apply(_backbone(config.image_size).apply, crops, 64, progress=False)
   x = np.swapaxes(rois, 0, 1) if per_roi else rois.reshape((n * r,) + rois.shape[2:])
   return to_model_input(x, config.image_size, config.channels)
 
@@ -160,7 +175,7 @@ def _check_params(flat: dict, config: Config, rois: Optional[int], where: str) -
   """The saved parameters must be exactly the network's (names, shapes; a leading
   ROI axis for per-ROI learners) and finite."""
   model = model_for(config)
-  shape = (2, config.image_size, config.image_size, config.channels)
+  shape = (2,) + input_shape(config)
   tree = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(shape)))["params"]
   want = {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
   missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
