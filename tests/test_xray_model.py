@@ -217,3 +217,20 @@ def test_meta_train_refuses_too_few_patients_and_leaves_nothing(tmp_path, capsys
 def test_meta_train_xray_needs_shards(tmp_path, capsys):
   rc = main(["meta-train", "--preset", "xray", "--workdir", str(tmp_path / "run")] + XRAY_TINY)
   assert rc == 2 and "--data SHARDS" in capsys.readouterr().err
+
+
+def test_shards_without_ages_train_on_stages_and_adapt_drops_the_age_columns(pools, tmp_path, capsys):
+  import dataclasses
+  root, a, b = pools
+  no_age = dataclasses.replace(a, age_months=None)
+  shards.write_shards(str(tmp_path / "noage"), no_age)
+  wd = str(tmp_path / "run")
+  assert main(["meta-train", "--preset", "xray", "--data", str(tmp_path / "noage"), "--workdir", wd] + XRAY_TINY) == 0
+  out = capsys.readouterr().out
+  assert "no supervised age model" in out and not os.path.exists(os.path.join(wd, "age_model.npz"))
+  assert xray_model.read_split(wd)["bin_edges_months"] is None
+  rc = main(["adapt", "--workdir", wd, "--data", str(root / "B"), "--shots", "2", "--queries", "2", "--trials", "2",
+             "--no-progress", "--no-baselines", "--out", str(tmp_path / "r")])
+  assert rc == 0
+  cells = json.load(open(tmp_path / "r" / "results.json"))["datasets"]["smi"]["summary"]["accuracy"]
+  assert set(cells) == {"metaxr/pretrained/2"}

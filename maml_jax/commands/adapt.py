@@ -163,9 +163,10 @@ def _xray(args) -> int:
   from maml_jax.smi import shards, synthetic, xray_model
   data = shards.load_shards(args.data) if args.data else synthetic.load_demo(args.demo_seed)
   boundaries, why = xray_model.target_boundaries(args.workdir, data)
+  aged = os.path.isfile(os.path.join(args.workdir, xray_model.AGE_MODEL_FILE))
   if boundaries is None:
     print(f"note: no no-support age column: {why}", file=sys.stderr)
-  methods = ("metaxr",) + (("agereg",) if boundaries else ()) + ("agemeans",) + \
+  methods = ("metaxr",) + (("agereg",) if boundaries else ()) + (("agemeans",) if aged else ()) + \
       (() if args.no_baselines else ("base", "ncm", "linprobe"))
   s = runner.Settings(out=out, shots=(shots,), repeats=trials, queries=args.queries, seed=args.seed,
                       methods=methods, backbones=("pretrained",), feature_size=cfg.image_size,

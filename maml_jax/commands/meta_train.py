@@ -65,13 +65,17 @@ def main(args) -> int:
         f"steps, {which}); training took {r['train_seconds_this_run']:.0f} s; files in {args.workdir}")
   if cfg.dataset == "smi":
     split = xray_model.read_split(args.workdir)
-    age = xray_model.fit_age_model(cfg, args.workdir, progress=not args.no_progress)
     print(f"patients: {len(split['train_patients'])} train, {len(split['val_patients'])} validation, "
-          f"{len(split['test_patients'])} test (patients.json); the tasks' classes are bone-age bins of the "
-          f"training patients")
-    print(f"supervised answer beside it (age_model.npz): ridge regression of bone age on the {len(split['roi_names'])} "
-          f"ROIs' features of the {age.n_train} train + validation radiographs, leave-one-out error "
-          f"{age.loo_mae:.1f} months (MAE); `adapt --workdir {args.workdir} --data SHARDS` compares both")
+          f"{len(split['test_patients'])} test (patients.json); the tasks' classes are "
+          + ("bone-age bins of the training patients" if split["bin_edges_months"] else "the shards' stages"))
+    if split["bin_edges_months"]:
+      age = xray_model.fit_age_model(cfg, args.workdir, progress=not args.no_progress)
+      print(f"supervised answer beside it (age_model.npz): ridge regression of bone age on the "
+            f"{len(split['roi_names'])} ROIs' features of the {age.n_train} train + validation radiographs, "
+            f"leave-one-out error {age.loo_mae:.1f} months (MAE); `adapt --workdir {args.workdir} --data SHARDS` "
+            f"compares both")
+    else:
+      print("note: the shards carry no bone ages, so no supervised age model was fitted beside it")
   for w in r["warnings"]:   # last, where a user looks
     print(f"warning: {w}")
   return 0

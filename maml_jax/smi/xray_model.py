@@ -227,6 +227,8 @@ def target_boundaries(workdir: str, scored) -> tuple[Optional[list], str]:
   column, and how they were found: the shards' own bone-age boundaries, or,
   for the stages the model was trained on, those estimated on its training
   patients; (None, why) otherwise."""
+  if not os.path.isfile(os.path.join(workdir, AGE_MODEL_FILE)):
+    return None, "the X-ray model has no supervised age model (its shards carry no ages)"
   b = scored.label_scheme.get("age_boundaries_months")
   if scored.label_scheme.get("kind") == "bone_age_stages" and isinstance(b, list) and len(b) == scored.num_classes - 1:
     return [float(v) for v in b], "the stages' own age boundaries"
