@@ -234,3 +234,19 @@ def test_shards_without_ages_train_on_stages_and_adapt_drops_the_age_columns(poo
   assert rc == 0
   cells = json.load(open(tmp_path / "r" / "results.json"))["datasets"]["smi"]["summary"]["accuracy"]
   assert set(cells) == {"metaxr/pretrained/2"}
+
+
+def test_experiment_across_pools_refuses_shared_patients_other_rois_and_other_stages(pools):
+  import dataclasses
+  from maml_jax.experiment import xray_tasks
+  from maml_jax.experiment.meta_runs import LeakError as GridLeak
+  _, a, b = pools
+  split = xray_tasks.cross_split(a, b, "A", "B")
+  assert split["meta_rows"] == list(range(a.num_images)) and split["scored_rows"] == list(range(b.num_images))
+  both = dataclasses.replace(b, patient_id=np.concatenate([a.patient_id[:3], b.patient_id[3:]]))
+  with pytest.raises(GridLeak, match="share 3 patients"):
+    xray_tasks.cross_split(a, both, "A", "B")
+  with pytest.raises(ValueError, match="ROIs"):
+    xray_tasks.cross_split(a, dataclasses.replace(b, rois=b.rois[:, :1], roi_names=("whole_hand",)), "A", "B")
+  with pytest.raises(ValueError, match="same --age-boundaries"):
+    xray_tasks.cross_split(a, dataclasses.replace(b, classes=("1", "2", "3", "4", "5", "6")), "A", "B")

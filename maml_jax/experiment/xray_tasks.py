@@ -35,18 +35,11 @@ import numpy as np
 from maml_jax.experiment.meta_runs import LeakError
 from maml_jax.experiment.store import SettingsMismatchError
 from maml_jax import io as files
+from maml_jax.smi import xray_model
+from maml_jax.smi.xray_model import patient_ids as _patients
 
 SPLIT_FILE = "xray-split.json"
 VAL_SHARE = 0.25     # of the meta-training patients, for meta-validation
-
-
-def _patients(data) -> np.ndarray:
-  """Patient id per image (the image id, or the row, where unknown)."""
-  ids = data.image_id if data.image_id is not None else np.arange(data.num_images).astype(str)
-  if data.patient_id is None:
-    return np.asarray(ids).astype(str)
-  pid = np.asarray(data.patient_id).astype(str)
-  return np.where(pid == "", np.char.add("image:", np.asarray(ids).astype(str)), pid)
 
 
 def split_patients(data, share: float, seed: int) -> dict:
@@ -93,7 +86,6 @@ def workdir_split(workdir: str, scored, scored_where: str) -> dict:
   """The split between an X-ray model's training patients (train and validation
   sides of `<workdir>/patients.json`) and every image of `scored`; LeakError
   when a patient or image is in both, ValueError for other ROIs or stages."""
-  from maml_jax.smi import xray_model
   saved = xray_model.read_split(workdir)
   if list(saved["roi_names"]) != list(scored.roi_names):
     raise ValueError(f"the X-ray model in {workdir} was trained on the ROIs {saved['roi_names']}, but "
@@ -157,32 +149,15 @@ class TaskClasses(NamedTuple):
 def age_edges(data, rows: np.ndarray, bins: int) -> Optional[list]:
   """Bone-age bin edges (months) at the quantiles of the ages at `rows`; None
   when the shards carry no ages (the stages are the classes then)."""
-  if data.age_months is None or bins <= 0:
-    return None
-  age = np.asarray(data.age_months, np.float64)[np.asarray(rows)]
-  return np.unique(np.quantile(age, np.linspace(0, 1, bins + 1)[1:-1])).tolist()
-
-
-def bin_labels(data, rows: np.ndarray, edges: Optional[list]) -> tuple[np.ndarray, tuple]:
-  """Class of each image at `rows` (bone-age bin, or stage when edges is None) and the class names."""
-  if edges is None:
-    return np.asarray(data.label)[rows], tuple(f"stage {c}" for c in data.classes)
-  age = np.asarray(data.age_months, np.float64)[rows]
-  bounds = ["0"] + [f"{e:g}" for e in edges] + ["max"]
-  names = tuple(f"bone age {bounds[i]}-{bounds[i + 1]} months" for i in range(len(edges) + 1))
-  return np.searchsorted(np.asarray(edges), age, side="right"), names
+  return xray_model.age_edges(None if data.age_months is None else np.asarray(data.age_months)[np.asarray(rows)],
+                              bins)
 
 
 def task_classes(data, image_rows: np.ndarray, rois: int, edges: Optional[list]) -> TaskClasses:
   """The crops of the images at `image_rows`, grouped by bone-age bin."""
-  image_rows = np.asarray(image_rows, np.int64)
-  lab, names = bin_labels(data, image_rows, edges)
-  order = np.argsort(lab, kind="stable")
-  image_rows, lab = image_rows[order], lab[order]
-  crop_rows = (image_rows[:, None] * rois + np.arange(rois)[None]).reshape(-1)
-  counts = np.bincount(lab, minlength=len(names)) * rois
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  return TaskClasses(crop_rows, starts.astype(np.int32), counts.astype(np.int32), names, edges)
+  assert rois == len(data.roi_names)
+  rows, start, count, names = xray_model.crop_classes(data, image_rows, edges)
+  return TaskClasses(rows, start, count, names, edges)
 
 
 def meta_sides(data, meta_rows, seed: int) -> tuple[np.ndarray, np.ndarray]:
