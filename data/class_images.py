@@ -29,6 +29,10 @@ class ClassImages:
   # int32 [num_classes] or None: a group id per class (Omniglot's alphabets);
   # when set, the episode sampler draws each episode's classes from one group.
   class_groups: np.ndarray | None = None
+  # True when the classes are ordered (bone-age bins, maturity stages): each
+  # episode then labels its drawn classes in their index order, so label k is
+  # the k-th youngest, as stage k is at the target.
+  ordered: bool = False
 
   def __post_init__(self):
     if not ((self.images.dtype == np.uint8 and self.images.ndim == 4)

@@ -39,14 +39,15 @@ class EpisodeIndices(NamedTuple):
   classes: jax.Array     # int32 [T, ways] the classes drawn, in label order
 
 
-@functools.partial(jax.jit, static_argnames=("tasks", "ways", "shots", "queries", "max_count"))
+@functools.partial(jax.jit, static_argnames=("tasks", "ways", "shots", "queries", "max_count", "ordered"))
 def episode_indices(key, class_start, class_count, *, tasks, ways, shots, queries, max_count, groups=None,
-                    group_ok=None):
+                    group_ok=None, ordered=False):
   """Draws the rows of `tasks` episodes.
 
   Per task: `ways` distinct classes in random order (so labels are shuffled per
-  episode), then `shots + queries` distinct images of each, the first `shots`
-  for support and the rest for query (disjoint by construction).
+  episode; with `ordered`, in their index order instead, so labels keep the
+  classes' order), then `shots + queries` distinct images of each, the first
+  `shots` for support and the rest for query (disjoint by construction).
 
   Args:
     key: a PRNG key; the caller derives it as `fold_in(key(seed), i)`.
@@ -70,6 +71,8 @@ def episode_indices(key, class_start, class_count, *, tasks, ways, shots, querie
       g = jax.random.choice(kg, group_ok.shape[0], p=group_ok / group_ok.sum())
       member = (groups == g).astype(jnp.float32)
       classes = jax.random.choice(kc, num_classes, (ways,), replace=False, p=member / member.sum())
+    if ordered:
+      classes = jnp.sort(classes)
     u = jax.random.uniform(ki, (ways, max_count))
     u = jnp.where(jnp.arange(max_count)[None] < class_count[classes][:, None], u, 2.0)
     pick = jnp.argsort(u, axis=1)[:, :shots + queries]            # [ways, shots+queries]
@@ -113,7 +116,7 @@ class EpisodeSampler:
       self._group_ok = jnp.asarray(sizes >= ways, jnp.float32)
     self.data, self.seed, self.on_device = data, seed, on_device
     self.shape = dict(tasks=tasks, ways=ways, shots=shots, queries=queries,
-                      max_count=int(data.class_count.max()))
+                      max_count=int(data.class_count.max()), ordered=bool(data.ordered))
     self._start = jnp.asarray(data.class_start)
     self._count = jnp.asarray(data.class_count)
     self._sy = jnp.asarray(episode_labels(tasks, ways, shots))

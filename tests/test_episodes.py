@@ -103,3 +103,17 @@ def test_a_class_too_small_is_named_with_its_counts():
 def test_too_few_classes_for_the_ways():
   with pytest.raises(ValueError, match="5-way episodes need 5 classes; the set has 4"):
     make_sampler(row_coded_images(sizes=(6,) * 4), ways=5)
+
+
+def test_ordered_classes_keep_their_order_in_the_labels():
+  """Ordered classes (bone-age bins): label k is the k-th drawn class by index,
+  so the order of the classes carries over to the labels; unordered: shuffled."""
+  import dataclasses
+  from maml_jax.data_sources import synthetic_classes
+  data = synthetic_classes(10, 6, 8, 1, 0)
+  for ordered in (True, False):
+    s = EpisodeSampler(dataclasses.replace(data, ordered=ordered), tasks=64, ways=5, shots=1, queries=1, seed=0,
+                       on_device=False)
+    classes = np.asarray(s.indices(0).classes)                       # [tasks, ways], label k = column k
+    increasing = np.all(np.diff(classes, axis=1) > 0, axis=1)
+    assert increasing.all() if ordered else increasing.mean() < 0.1

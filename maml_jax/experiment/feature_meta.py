@@ -32,6 +32,7 @@ class FeatureSet(NamedTuple):
   features: np.ndarray      # float32 [N, D]
   class_start: np.ndarray   # int32 [num_classes]
   class_count: np.ndarray   # int32 [num_classes]
+  ordered: bool = False     # ordered classes (bone-age bins): tasks keep their order (`ClassImages.ordered`)
 
   @classmethod
   def of(cls, features: np.ndarray, split: ClassImages) -> "FeatureSet":
@@ -39,7 +40,7 @@ class FeatureSet(NamedTuple):
 
   def as_classes(self) -> ClassImages:
     return ClassImages(np.asarray(self.features, np.float32), np.asarray(self.class_start, np.int32),
-                       np.asarray(self.class_count, np.int32))
+                       np.asarray(self.class_count, np.int32), ordered=self.ordered)
 
 
 def head_config(method: str, *, steps: int | None = None, seed: int = 0, ways: int = 5) -> Config:
@@ -90,6 +91,6 @@ def load_or_train_head(train: FeatureSet, val: FeatureSet, cfg: Config, cache_di
   """`meta_train_head` in `<cache_dir>/head-<tag>-<key>/`, the key naming the
   settings and the features, so a finished head is trained once."""
   fp = hashlib.sha1(np.ascontiguousarray(train.features[:: max(1, len(train.features) // 64)]).tobytes()).hexdigest()
-  key = hashlib.sha1(json.dumps([cfg.to_dict(), fp, train.features.shape, val.features.shape]).encode())
+  key = hashlib.sha1(json.dumps([cfg.to_dict(), fp, train.features.shape, val.features.shape, train.ordered]).encode())
   return meta_train_head(train, val, cfg, os.path.join(cache_dir, f"head-{tag}-{key.hexdigest()[:12]}"),
                          progress=progress)

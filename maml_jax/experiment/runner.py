@@ -283,7 +283,7 @@ def _xray_head(s: Settings, smi, backbone, cache: str) -> tuple[Any, Any, str]:
   else:
     raise UserError(f"X-ray meta-training: no split of the {len(train_rows)} meta-training images into {WAYS} or "
                     f"more bone-age bins leaves {shots} support + 5 query crops in each; raise --xray-meta")
-  sets = [feature_meta.FeatureSet(feats[tc.rows], tc.class_start, tc.class_count) for tc in tcs]
+  sets = [feature_meta.FeatureSet(feats[tc.rows], tc.class_start, tc.class_count, ordered=True) for tc in tcs]
   queries = min(s.queries, fewest - shots)
   cfg = feature_meta.head_config("meta", steps=s.head_steps, seed=s.seed, ways=WAYS)
   cfg = cfg.replace(shots=shots, queries=queries, eval_queries=queries,

@@ -189,7 +189,8 @@ def load_splits(cfg: Config, workdir: Optional[str]) -> dict[str, ClassImages]:
                             "classes": list(data.classes), "label_scheme": data.label_scheme,
                             "bin_edges_months": edges, "rois_per_image": rois})
   feats = crop_features(cfg, data, os.path.join(workdir or cfg.data_dir, "cache"))
-  return {side: ClassImages(feats[rows], start, count, names, synthetic=bool(data.synthetic))
+  # Bins and stages are ordered: tasks keep their order in the labels (`ClassImages.ordered`).
+  return {side: ClassImages(feats[rows], start, count, names, synthetic=bool(data.synthetic), ordered=True)
           for side, (rows, start, count, names) in out.items()}
 
 
