@@ -250,3 +250,16 @@ def test_experiment_across_pools_refuses_shared_patients_other_rois_and_other_st
     xray_tasks.cross_split(a, dataclasses.replace(b, rois=b.rois[:, :1], roi_names=("whole_hand",)), "A", "B")
   with pytest.raises(ValueError, match="same --age-boundaries"):
     xray_tasks.cross_split(a, dataclasses.replace(b, classes=("1", "2", "3", "4", "5", "6")), "A", "B")
+
+
+def test_experiment_takes_the_xray_model(xray_workdir, pools, tmp_path):
+  root, _, _ = pools
+  out = tmp_path / "exp"
+  rc = main(["experiment", "--table", "3", "--data", str(root / "B"), "--xray-workdir", xray_workdir,
+             "--methods", "metaxr,agemeans,ncm", "--backbones", "pretrained", "--shots", "2", "--repeats", "2",
+             "--queries", "2", "--no-progress", "--out", str(out)])
+  assert rc == 0
+  res = json.load(open(out / "results.json"))["datasets"]["smi"]
+  assert set(res["summary"]["accuracy"]) == {"metaxr/pretrained/2", "agemeans/pretrained/2", "ncm/pretrained/2"}
+  assert "the X-ray model in" in res["settings"]["models"]["metaxr/pretrained"]
+  assert res["settings"]["settings"]["pretrained_backbone"] == "efficientnet-lite0-32px"   # the model's own features

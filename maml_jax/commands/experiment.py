@@ -133,6 +133,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   d.add_argument("--xray-train", metavar="SHARDS",
                  help="SMI shards of another pool (another site, a larger labelled set) to train metaxr and the "
                       "supervised age columns on; all of --data is then scored (patients in both are refused)")
+  d.add_argument("--xray-workdir", metavar="W",
+                 help="an X-ray model from `meta-train --preset xray` as the metaxr column, with its supervised "
+                      "age model; all of --data is scored (its training patients are refused)")
   d.add_argument("--demo-seed", type=int, default=0, help="seed of the synthetic SMI demo data (default 0)")
   p.set_defaults(func=main)
   return p
@@ -157,18 +160,25 @@ def settings_from_args(args):
     from maml_jax.pretrained.vgg16_weights import weight_format
     weight_format(args.vgg16_weights)   # a file of neither format is refused before anything is written
   methods = args.methods
-  trained = bool(args.xray_meta or args.xray_train)
-  if args.xray_meta and args.xray_train:
-    raise UserError("--xray-meta (a share of --data's patients) and --xray-train (another pool) both name the "
-                    "training patients; give one")
-  if args.xray_train and not args.smi_data:
-    raise UserError("--xray-train scores a model on --data SHARDS: give --data")
+  trained = bool(args.xray_meta or args.xray_train or args.xray_workdir)
+  if sum(map(bool, (args.xray_meta, args.xray_train, args.xray_workdir))) > 1:
+    raise UserError("--xray-meta (a share of --data's patients), --xray-train (another pool) and --xray-workdir "
+                    "(a trained X-ray model) each name the training patients; give one")
+  feature_size = args.feature_size
+  if args.xray_workdir:
+    from maml_jax.checkpoints import read_config
+    if not os.path.isfile(os.path.join(args.xray_workdir, "patients.json")):
+      raise UserError(f"--xray-workdir {args.xray_workdir}: not an X-ray model (no patients.json; make one with "
+                      f"`meta-train --preset xray --data SHARDS`)")
+    feature_size = read_config(args.xray_workdir).image_size   # the features its head was trained on
+  if (args.xray_train or args.xray_workdir) and not args.smi_data:
+    raise UserError("--xray-train and --xray-workdir score a model on --data SHARDS: give --data")
   if trained and methods is paper.DEFAULT_METHODS:
     methods = methods + ("metaxr",) + paper.AGE_METHODS
   needs = [m for m in methods if m in ("metaxr",) + paper.AGE_METHODS]
   if needs and not trained:
     raise UserError(f"--methods {','.join(needs)} learn from other patients' labels: give --xray-meta SHARE "
-                    f"(a share of --data's patients set aside) or --xray-train SHARDS (another pool)")
+                    f"(a share of --data's patients set aside), --xray-train SHARDS (another pool) or --xray-workdir W")
   workdirs = {}
   for item in args.meta_workdir + ([f"meta={args.workdir}"] if args.workdir else []):
     method, sep, path = item.partition("=")
@@ -186,8 +196,8 @@ def settings_from_args(args):
                      f"(got {args.image_size})")
   return Settings(out=args.out, shots=args.shots, repeats=args.repeats, queries=args.queries, seed=args.seed,
                   methods=methods, xray_meta=args.xray_meta, xray_bins=args.xray_bins,
-                  xray_train=args.xray_train, backbones=args.backbones, pretrained=pretrained,
-                  vgg16_weights=args.vgg16_weights, feature_size=args.feature_size,
+                  xray_train=args.xray_train, xray_workdir=args.xray_workdir, backbones=args.backbones, pretrained=pretrained,
+                  vgg16_weights=args.vgg16_weights, feature_size=feature_size,
                   spec=NetSpec(args.scratch_model, args.width, args.image_size, 1),
                   dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                   image_folder=args.image_folder,
