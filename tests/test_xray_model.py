@@ -263,3 +263,20 @@ def test_experiment_takes_the_xray_model(xray_workdir, pools, tmp_path):
   assert set(res["summary"]["accuracy"]) == {"metaxr/pretrained/2", "agemeans/pretrained/2", "ncm/pretrained/2"}
   assert "the X-ray model in" in res["settings"]["models"]["metaxr/pretrained"]
   assert res["settings"]["settings"]["pretrained_backbone"] == "efficientnet-lite0-32px"   # the model's own features
+
+
+def test_a_refused_run_records_nothing_and_the_corrected_rerun_goes_through(xray_workdir, pools, tmp_path, capsys):
+  """Stages the 5-way head cannot take are refused after the features are
+  computed, but before any settings or split are recorded: the same --out then
+  takes the corrected shards."""
+  import dataclasses
+  root, _, b = pools
+  six = dataclasses.replace(b, classes=b.classes + ("6",), label=np.where(np.arange(b.num_images) < 10, 5, b.label))
+  shards.write_shards(str(tmp_path / "six"), six)
+  out = tmp_path / "exp"
+  common = ["--xray-workdir", xray_workdir, "--methods", "metaxr,ncm", "--backbones", "pretrained", "--table", "3",
+            "--shots", "2", "--repeats", "2", "--queries", "2", "--no-progress", "--out", str(out)]
+  assert main(["experiment", "--data", str(tmp_path / "six")] + common) == 2
+  assert "6 classes" in capsys.readouterr().err
+  assert set(os.listdir(out)) <= {"cache"}
+  assert main(["experiment", "--data", str(root / "B")] + common) == 0

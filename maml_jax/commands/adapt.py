@@ -159,7 +159,13 @@ def _xray(args) -> int:
   name = f"adapt-smi-{shots}shot" + ("" if args.data else "-synthetic")
   out = args.out or os.path.join(args.workdir, name)
   from maml_jax import io as files
-  files.check_output_dir(out, "the report folder", args.overwrite)
+  # The report folder is an experiment folder: the same command again resumes
+  # it; --overwrite starts it afresh.
+  from maml_jax.experiment.store import OUTPUT_FILES
+  files.check_output_dir(out, "--out" if args.out else "the report folder", args.overwrite, ours=OUTPUT_FILES)
+  if args.overwrite and os.path.isdir(out):
+    import shutil
+    shutil.rmtree(out)
   from maml_jax.smi import shards, synthetic, xray_model
   data = shards.load_shards(args.data) if args.data else synthetic.load_demo(args.demo_seed)
   boundaries, why = xray_model.target_boundaries(args.workdir, data)

@@ -217,7 +217,8 @@ def main(args) -> int:
   from maml_jax import io as files
   try:
     files.check_output_dir(s.out, "--out", overwrite=True)
-    if os.path.isdir(s.out) and os.listdir(s.out) and not os.path.exists(os.path.join(s.out, "experiment.json")):
+    if os.path.isdir(s.out) and not set(os.listdir(s.out)) <= {"cache"} and \
+        not os.path.exists(os.path.join(s.out, "experiment.json")):
       raise files.OutputPathError(f"--out {s.out}: the folder holds other files and no experiment results (no "
                                   f"experiment.json); use a new or empty folder")
   except USER_ERRORS as e:

@@ -440,16 +440,18 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
         raise
       except ValueError as e:   # the episode sampler's
         raise UserError(f"{source.name}: {k} shots, repeat {r}: {e}") from None
-  if smi is not None and smi[1] is not None:
-    from maml_jax.experiment import xray_tasks
-    xray_tasks.save_or_check(s.out, smi[1])
   columns = s.columns()
   fixed = fixed_settings(s, source)
   if backbone is not None:
     fixed["pretrained_backbone"] = backbone.name
-  os.makedirs(s.out, exist_ok=True)
+  # Checked now, recorded (with the split) only once every column's model is
+  # at hand: a run refused on the way leaves no settings that a corrected
+  # rerun would then be refused for.
   st = store.ResultsStore(s.out)
-  store.check_settings(s.out, dataset, fixed, {})
+  store.check_settings(s.out, dataset, fixed, {}, record=False)
+  if smi is not None and smi[1] is not None:
+    from maml_jax.experiment import xray_tasks
+    xray_tasks.save_or_check(s.out, smi[1], write=False)
   todo_columns = [c for c in columns if any(not st.done((dataset, c[0], c[1], k, r))
                                             for k in s.shots for r in range(s.repeats))]
   ctx = Context(source, s.spec)
@@ -464,6 +466,9 @@ def execute(s: Settings, dataset: str, *, source: Optional[TaskSource] = None,
     if any(m in paper.AGE_METHODS for m, _ in todo_columns):
       ctx.age_model, ctx.age_boundaries, identities["age model"] = _age_model(s, smi, backbone, os.path.join(s.out, "cache"))
     predictors = {c: predictor(c[0], c[1], ctx) for c in todo_columns}
+    if smi is not None and smi[1] is not None:
+      from maml_jax.experiment import xray_tasks
+      xray_tasks.save_or_check(s.out, smi[1])
     store.check_settings(s.out, dataset, fixed, identities)
     n = grid.run(source, todo_columns, predictors, st, shots=s.shots, repeats=s.repeats, seed=s.seed,
                  progress=s.progress)

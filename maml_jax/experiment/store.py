@@ -76,8 +76,16 @@ def _load_settings(out_dir: str) -> dict:
     return json.load(f)
 
 
-def check_settings(out_dir: str, dataset: str, fixed: dict, models: dict) -> None:
-  """Records the settings of `dataset`'s cells in experiment.json, or checks them.
+# What an experiment folder holds (`report.write` adds its tables, plots and
+# report); a folder holding only `cache/` is one whose first run stopped early.
+OUTPUT_FILES = ("experiment.json", "results.jsonl", "xray-split.json", "cache", "report.md", "results.json",
+                "table2.md", "table3.md", "table4.md", "accuracy_vs_shots_metadataset.png",
+                "accuracy_vs_shots_smi.png", "roi_accuracy_smi.png")
+
+
+def check_settings(out_dir: str, dataset: str, fixed: dict, models: dict, record: bool = True) -> None:
+  """Records the settings of `dataset`'s cells in experiment.json, or checks them
+  (only checks, with `record=False`).
 
   `fixed` (seed, queries, backbones, budgets, data, ...) must equal what is
   recorded.  `models` (column -> identity of its meta-learned model) must agree
@@ -98,6 +106,8 @@ def check_settings(out_dir: str, dataset: str, fixed: dict, models: dict) -> Non
       raise SettingsMismatchError(f"{out_dir} holds {dataset} results computed with other settings ({lines}). "
                                   f"Use another --out, or the same settings.")
     new_models = {**old_models, **new_models}
+  if not record:
+    return
   saved[dataset] = {"settings": new_fixed, "models": new_models}
   os.makedirs(out_dir, exist_ok=True)
   files.write_json(os.path.join(out_dir, SETTINGS), saved)

@@ -115,8 +115,8 @@ def digest(split: dict) -> str:
   return hashlib.sha1(json.dumps([split["meta_images"], split["scored_images"]]).encode()).hexdigest()[:12]
 
 
-def save_or_check(out_dir: str, split: dict) -> str:
-  """Writes `<out>/xray-split.json`, or checks it equals the saved one; returns its path."""
+def save_or_check(out_dir: str, split: dict, write: bool = True) -> str:
+  """Writes `<out>/xray-split.json` (with `write`), or checks it equals the saved one; returns its path."""
   check_disjoint(split)
   path = os.path.join(out_dir, SPLIT_FILE)
   if os.path.exists(path):
@@ -127,8 +127,9 @@ def save_or_check(out_dir: str, split: dict) -> str:
                                   f"{saved.get('share')}, training pool {saved.get('train_pool')}); use the "
                                   f"same --seed/--xray-meta/--xray-train or another --out")
     return path
-  os.makedirs(out_dir, exist_ok=True)
-  files.write_json(path, split)
+  if write:
+    os.makedirs(out_dir, exist_ok=True)
+    files.write_json(path, split)
   return path
 
 
